@@ -1,0 +1,183 @@
+"""One typed, validated model config.  Every field's `help` is its CLI help; errors name the field."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from bmojo.ops.selection import MEMORY_RULES, SELECTORS
+
+LAYER_KINDS = {
+    "A": "full causal attention",
+    "S": "sliding-window attention",
+    "M": "selective SSM (fading memory only)",
+    "F": "B'MOJO-F: window + fading tokens under one softmax",
+    "B": "B'MOJO: window + fading tokens + eidetic memory",
+}
+SSM_KINDS = ("mamba1", "mamba2")
+IMPLS = ("ref", "fast", "auto")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that is not allowed; the message names the field."""
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = _f(256, "vocabulary size (token ids are 0 .. vocab_size-1)")
+    d_model: int = _f(128, "model width D")
+    n_layers: int = _f(2, "number of residual blocks")
+    pattern: str = _f("B", "layer kinds, one letter per layer, tiled over n_layers: " +
+                      ", ".join(f"{k}={v}" for k, v in LAYER_KINDS.items()))
+    n_heads: int = _f(4, "attention query heads H (must divide d_model)")
+    n_kv_heads: int | None = _f(None, "key/value heads for grouped-query attention (divides n_heads); None = n_heads")
+    window: int = _f(32, "attention window W: a query sees W raw keys, itself included (S, F, B layers)")
+    chunk: int | None = _f(None, "eidetic memory chunk C (<= window): memory is updated once per C tokens; None = window")
+    memory_size: int = _f(32, "eidetic memory capacity M, entries per B layer")
+    selector: str = _f("innovation", f"eidetic scorer, one of {SELECTORS}")
+    memory_rule: str = _f("topk", f"memory update, one of {MEMORY_RULES}")
+    fifo_per_chunk: int = _f(4, "with memory_rule=fifo: tokens kept from each chunk (M/k chunks are kept)")
+    memory_decay: float = _f(1.0, "per-chunk decay of stored priorities, in (0, 1]; 1 = no ageing")
+    score_layers: tuple[int, ...] | None = _f(None, "layer indices that run `selector`; other B layers use "
+                                                  "recency; None = every B layer")
+    fading: bool = _f(True, "B layers attend to the fading (SSM) keys; off leaves window + memory")
+    tie_fading: bool = _f(True, "fading keys/values use the raw tokens' k/v projections")
+    attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
+    attn_conv_size: int = _f(4, "kernel size of attn_conv")
+    ssm_residual: bool = _f(False, "add the SSM output f to the F/B mixer output (y = Wo o + f)")
+    aux_loss_weight: float = _f(1.0, "weight of the innovation predictor's auxiliary loss")
+    ssm_kind: str = _f("mamba2", f"selective SSM kind, one of {SSM_KINDS}")
+    d_state: int = _f(16, "SSM state size N")
+    d_conv: int = _f(4, "SSM conv width K")
+    expand: int = _f(2, "SSM inner width E = expand * d_model")
+    ssm_head_dim: int = _f(32, "mamba2 head width P (divides E)")
+    n_groups: int = _f(1, "mamba2 B/C groups (divides E / ssm_head_dim)")
+    dt_rank: int | None = _f(None, "mamba1 dt rank; None = ceil(d_model / 16)")
+    ssm_chunk: int = _f(64, "chunk length of the fast SSM paths")
+    mlp: bool = _f(True, "SwiGLU MLP after each mixer")
+    d_ff: int | None = _f(None, "MLP hidden width; None = 8/3 d_model rounded up to a multiple of 8")
+    rope_theta: float = _f(10000.0, "RoPE base")
+    max_seq_len: int = _f(4096, "capacity of a full-attention (A) decode cache")
+    norm_eps: float = _f(1e-5, "RMSNorm epsilon")
+    tie_embeddings: bool = _f(True, "LM head shares the embedding matrix")
+    init_std: float = _f(0.02, "std of the normal init of linear and embedding weights")
+    impl: str = _f("auto", f"op backend, one of {IMPLS}: ref = sequential references, fast = chunked/fused "
+                           "paths, auto = fast")
+
+    # ---- derived -------------------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunk or self.window
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def mamba1_dt_rank(self) -> int:
+        return self.dt_rank or math.ceil(self.d_model / 16)
+
+    @property
+    def d_hidden(self) -> int:
+        return self.d_ff or 8 * math.ceil(8 * self.d_model / 3 / 8)
+
+    def layer_kind(self, i: int) -> str:
+        return self.pattern[i % len(self.pattern)]
+
+    def selector_for(self, i: int) -> str:
+        if self.score_layers is None or i in self.score_layers:
+            return self.selector
+        return "recency"
+
+    # ---- validation ----------------------------------------------------------------------------------
+    def __post_init__(self):
+        if isinstance(self.score_layers, list):
+            self.score_layers = tuple(self.score_layers)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, msg: str):
+            if not ok:
+                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_state", "d_conv", "expand",
+                     "ssm_head_dim", "n_groups", "ssm_chunk", "max_seq_len", "attn_conv_size", "fifo_per_chunk"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive integer")
+        need(isinstance(self.window, int) and self.window > 0, "window", "must be a positive integer (>= 1)")
+        need(isinstance(self.memory_size, int) and self.memory_size >= 0, "memory_size", "must be an integer >= 0")
+        need(isinstance(self.pattern, str) and len(self.pattern) > 0, "pattern", "must be a non-empty string")
+        bad = sorted(set(self.pattern) - set(LAYER_KINDS))
+        need(not bad, "pattern", f"unknown layer letter(s) {bad}; allowed: {sorted(LAYER_KINDS)}")
+        need(self.d_model % self.n_heads == 0, "n_heads", f"must divide d_model={self.d_model}")
+        need(self.head_dim % 2 == 0, "n_heads", f"head width d_model/n_heads={self.head_dim} must be even (RoPE)")
+        need(self.n_kv_heads is None or (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0),
+             "n_kv_heads", f"must be a positive divisor of n_heads={self.n_heads}")
+        need(self.chunk is None or (isinstance(self.chunk, int) and 0 < self.chunk <= self.window), "chunk",
+             f"must be in 1 .. window={self.window} (a chunk longer than the window would break causality)")
+        need(self.selector in SELECTORS, "selector", f"allowed: {SELECTORS}")
+        need(self.memory_rule in MEMORY_RULES, "memory_rule", f"allowed: {MEMORY_RULES}")
+        need(self.memory_rule != "fifo" or (self.fifo_per_chunk <= self.chunk_size
+                                             and self.memory_size % self.fifo_per_chunk == 0),
+             "fifo_per_chunk", f"with fifo it must be <= chunk and divide memory_size={self.memory_size}")
+        need(0.0 < self.memory_decay <= 1.0, "memory_decay", "must be in (0, 1]")
+        need(self.score_layers is None or all(isinstance(i, int) and 0 <= i < self.n_layers
+                                              for i in self.score_layers),
+             "score_layers", f"must be None or layer indices in 0 .. {self.n_layers - 1}")
+        need(self.ssm_kind in SSM_KINDS, "ssm_kind", f"allowed: {SSM_KINDS}")
+        need(self.d_inner % self.ssm_head_dim == 0, "ssm_head_dim", f"must divide E = expand*d_model = {self.d_inner}")
+        need((self.d_inner // self.ssm_head_dim) % self.n_groups == 0, "n_groups",
+             f"must divide the number of mamba2 heads {self.d_inner // self.ssm_head_dim}")
+        need(self.dt_rank is None or self.dt_rank > 0, "dt_rank", "must be None or a positive integer")
+        need(self.d_ff is None or self.d_ff > 0, "d_ff", "must be None or a positive integer")
+        need(self.impl in IMPLS, "impl", f"allowed: {IMPLS}")
+        need(self.aux_loss_weight >= 0, "aux_loss_weight", "must be >= 0")
+
+    # ---- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["score_layers"] is not None:
+            d["score_layers"] = list(d["score_layers"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+    def fingerprint(self) -> str:
+        """Identifies the architecture (everything but the op backend), e.g. to match decode states."""
+        d = self.to_dict()
+        d.pop("impl")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(ModelConfig)}
+
+
+def field_default(name: str):
+    f = {f.name: f for f in fields(ModelConfig)}[name]
+    return f.default if f.default is not MISSING else None

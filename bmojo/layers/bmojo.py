@@ -1,0 +1,249 @@
+"""The B'MOJO mixer: one attention over [eidetic memory | fading tokens | raw window].
+
+  f = SSM(x)                                  fading tokens; f_t summarises tokens <= t
+  q, k, v = Wq a, Wk a, Wv a  (a = x, or a short causal conv of x when attn_conv)
+  fk, fv = Wk f, Wv f        (tied; untied with tie_fading=False), rotated at their own positions
+  query i attends, under one softmax, to raw keys (i-W, i], fading keys (i-2W, i-W] and the eidetic
+  entries stored before its chunk at positions <= i-W.
+  y = Wo o  (+ f with ssm_residual)
+
+Eidetic memory: tokens are scored by an innovation test s_t = ||x_t - P f_{t-1}||^2 / D (or a baseline
+scorer), and once per chunk of C tokens the memory keeps the M candidates of highest priority
+(bmojo.ops.selection).  P is trained only by its own auxiliary loss on detached inputs
+(`self.aux_loss` after a training forward), so it never changes the main gradients.
+`memory_size=0` gives B'MOJO-F; `fading=False, memory_size=0` gives sliding-window attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from bmojo.config import ModelConfig
+from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_from_stream, ring_positions, ring_read
+from bmojo.layers.ssm import SSMState, make_ssm
+from bmojo.layers.state import LayerState
+from bmojo.ops.attention import attend
+from bmojo.ops.rope import apply_rope
+from bmojo.ops.selection import Entries, innovation_scores, memory_update, position_scores, select_memory
+
+
+@dataclass
+class MemoryState(LayerState):
+    k: torch.Tensor  # (B, M, Hk, Dh)
+    v: torch.Tensor  # (B, M, Hk, Dh)
+    prio: torch.Tensor  # (B, M) float32, -inf = empty
+    pos: torch.Tensor  # (B, M) long, -1 = empty
+    pend_prio: torch.Tensor  # (B, C) scores of the current chunk's tokens so far
+    pend_pos: torch.Tensor  # (B, C)
+    f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
+
+
+@dataclass
+class BMojoState(AttentionState):
+    ssm: SSMState | None = None
+    fk: torch.Tensor | None = None  # (B, 2W, Hk, Dh) fading keys delay line
+    fv: torch.Tensor | None = None
+    mem: MemoryState | None = None
+
+
+class BMojoMixer(Attention):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, memory: bool = True, impl: str = "fast"):
+        super().__init__(cfg, window=cfg.window, impl=impl)
+        self.layer_idx = layer_idx
+        self.fading = cfg.fading
+        self.memory_size = cfg.memory_size if memory else 0
+        self.selector = cfg.selector_for(layer_idx)
+        self.rule, self.decay, self.per_chunk = cfg.memory_rule, cfg.memory_decay, cfg.fifo_per_chunk
+        self.ssm_residual = cfg.ssm_residual
+        self.uses_f_prev = self.memory_size > 0 and self.selector in ("innovation", "norm")
+        self.ssm = make_ssm(cfg, impl) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
+        if not cfg.tie_fading and self.fading:
+            Hk, Dh = cfg.kv_heads, cfg.head_dim
+            self.fk_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
+            self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
+        self.predictor = None
+        if self.memory_size > 0 and self.selector == "innovation":
+            self.predictor = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+            self.predictor._no_reinit = True
+            nn.init.zeros_(self.predictor.weight)
+        self.aux_loss: torch.Tensor | None = None
+
+    # ---- fading tokens ----------------------------------------------------------------------------------
+    def _fading_kv(self, f, cos, sin):
+        if not hasattr(self, "fk_proj"):
+            return self._kv(f, cos, sin)
+        B, T, _ = f.shape
+        fk = self.fk_proj(f).view(B, T, self.n_kv_heads, self.head_dim)
+        return apply_rope(fk, cos, sin), self.fv_proj(f).view(B, T, self.n_kv_heads, self.head_dim)
+
+    # ---- eidetic scores ---------------------------------------------------------------------------------
+    def _scores(self, x, f, f_prev0, t0):
+        """x, f (B, T, D) -> scores (B, T) of tokens t0 .. t0+T-1 (no gradient), and sets self.aux_loss."""
+        B, T, _ = x.shape
+        if self.selector in ("random", "recency"):
+            pos = torch.arange(t0, t0 + T, device=x.device)
+            return position_scores(self.selector, pos, B, seed=self.layer_idx)
+        f_prev = torch.cat([f_prev0[:, None].to(f.dtype), f[:, :-1]], dim=1).detach()  # (B, T, D): f_{t-1}
+        u = x.detach()
+        P = self.predictor.weight if self.predictor is not None else None
+        if self.predictor is not None and self.training:
+            self.aux_loss = (u - self.predictor(f_prev)).pow(2).mean()
+        with torch.no_grad():
+            return innovation_scores(u, f_prev, P)
+
+    def _score_step(self, x_t, f_t, state):
+        if self.selector in ("random", "recency"):
+            return position_scores(self.selector, torch.tensor([state.pos], device=x_t.device),
+                                   x_t.shape[0], seed=self.layer_idx)[:, 0]
+        P = self.predictor.weight if self.predictor is not None else None
+        s = innovation_scores(x_t[:, None], state.mem.f_prev[:, None].to(x_t.dtype), P)[:, 0]
+        state.mem.f_prev.copy_(f_t)
+        return s
+
+    # ---- parallel mode ----------------------------------------------------------------------------------
+    def forward(self, x, state=None, return_state=True):
+        self._check(x, state, cls=BMojoState)
+        B, T, D = x.shape
+        W, C, M = self.window, self.chunk, self.memory_size
+        t0 = state.pos if state is not None else 0
+        self.aux_loss = None
+        # 1. attention input and fading memory (the SSM reads the layer input)
+        a, conv_state = self._attn_input(x, state, return_state)
+        f, ssm_state = (None, None)
+        if self.ssm is not None:
+            f, ssm_state = self.ssm(x, state.ssm if state is not None else None, return_state)
+        # 2. raw tokens: projections, RoPE, and the window's history from the state
+        cos, sin = self._rope(t0, T, x.device, x.dtype)
+        q, k, v = self._qkv(a, cos, sin)  # (B, T, H|Hk, Dh)
+        ks, vs, k_start = self._raw_stream(k, v, state, t0)
+        # 3. fading tokens, with their own delay line of 2W
+        fks = fvs = None
+        f_start = t0
+        if self.fading:
+            fk, fv = self._fading_kv(f, cos, sin)
+            fks, fvs = fk, fv
+            if state is not None:
+                hk, f_start = ring_read(state.fk, t0, 2 * W)
+                hv, _ = ring_read(state.fv, t0, 2 * W)
+                fks, fvs = torch.cat([hk, fk], 1), torch.cat([hv, fv], 1)
+        # 4. eidetic memory: scores, the chunk loop, and each query block's entries
+        mem_kw, new_mem = {}, None
+        if M > 0:
+            f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, D)
+            scores = self._scores(x, f, f_prev0, t0)
+            if state is not None:
+                n = t0 % C
+                mem0 = Entries(state.mem.prio, state.mem.pos, torch.arange(M, device=x.device).expand(B, M))
+                pend = Entries(state.mem.pend_prio[:, :n], state.mem.pend_pos[:, :n],
+                               M + state.mem.pend_pos[:, :n] - k_start)
+                table_k, table_v = torch.cat([state.mem.k, ks], 1), torch.cat([state.mem.v, vs], 1)
+            else:
+                mem0, pend = Entries.empty(B, M, x.device), Entries.empty(B, 0, x.device)
+                table_k, table_v = torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1), \
+                    torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs], 1)
+            blocks, mem_end, pend_end = select_memory(scores, start=t0, chunk=C, mem=mem0, pending=pend,
+                                                      src_offset=M + t0 - k_start, rule=self.rule,
+                                                      decay=self.decay, per_chunk=self.per_chunk)
+            bi = torch.arange(B, device=x.device)[:, None]
+            nb = blocks.src.shape[1]
+            src = blocks.src.clamp(min=0).view(B, nb * M)
+            mem_kw = dict(mem_k=table_k[bi, src].view(B, nb, M, *ks.shape[2:]),
+                          mem_v=table_v[bi, src].view(B, nb, M, *vs.shape[2:]), mem_pos=blocks.pos)
+            if return_state:
+                new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0)
+        # 5. one softmax over [eidetic | fading | raw window]
+        o = WINDOW_ATTN[self.impl](q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs,
+                                   f_start=f_start, scale=self.scale, **mem_kw)
+        y = self.o_proj(o.reshape(B, T, D))
+        if self.ssm_residual:
+            y = y + f
+        if not return_state:
+            return y, None
+        raw = self._raw_state(ks, vs, k_start, t0 + T, conv_state, state)
+        fk_ring = fv_ring = None
+        if self.fading:
+            fk_ring = ring_from_stream(fks, f_start, t0 + T, 2 * W)
+            fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * W)
+        return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem)
+
+    def _memory_state(self, table_k, table_v, mem: Entries, pend: Entries, f, f_prev0) -> MemoryState:
+        B, M, C = mem.prio.shape[0], self.memory_size, self.chunk
+        bi = torch.arange(B, device=table_k.device)[:, None]
+        src = mem.src.clamp(min=0)
+        n = pend.prio.shape[1]
+        pend_prio = torch.full((B, C), float("-inf"), device=table_k.device)
+        pend_pos = torch.full((B, C), -1, dtype=torch.long, device=table_k.device)
+        pend_prio[:, :n], pend_pos[:, :n] = pend.prio, pend.pos
+        f_prev = None
+        if self.uses_f_prev:
+            f_prev = f[:, -1] if f.shape[1] > 0 else f_prev0
+        return MemoryState(table_k[bi, src], table_v[bi, src], mem.prio, mem.pos, pend_prio, pend_pos, f_prev)
+
+    # ---- recurrent mode ---------------------------------------------------------------------------------
+    def step(self, x_t, state):
+        self._check(x_t, state, rank=2, cls=BMojoState)
+        B = x_t.shape[0]
+        W, C, M, i = self.window, self.chunk, self.memory_size, state.pos
+        a_t = self._attn_input_step(x_t, state)
+        f_t = self.ssm.step(x_t, state.ssm)[0] if self.ssm is not None else None
+        cos, sin = self._rope(i, 1, x_t.device, x_t.dtype)
+        q, raw_k, raw_v, raw_vis = self._step_raw(a_t, state, cos, sin)
+        keys, vals, vis = [raw_k], [raw_v], [raw_vis]
+        if self.fading:  # delay line of 2W; visible: i-2W < p <= i-W
+            fk, fv = self._fading_kv(f_t[:, None], cos, sin)
+            state.fk[:, i % (2 * W)] = fk[:, 0]
+            state.fv[:, i % (2 * W)] = fv[:, 0]
+            p = ring_positions(i + 1, 2 * W, x_t.device)
+            keys.insert(0, state.fk); vals.insert(0, state.fv)
+            vis.insert(0, ((p >= 0) & (p <= i - W)).expand(B, -1))
+        if M > 0:
+            mem = state.mem
+            keys.insert(0, mem.k); vals.insert(0, mem.v)
+            vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
+        o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale)
+        y = self.o_proj(o.reshape(B, -1))
+        if self.ssm_residual:
+            y = y + f_t
+        if M > 0:  # the token joins the chunk's candidates; at the chunk's end the memory is updated
+            n = i % C
+            state.mem.pend_prio[:, n] = self._score_step(x_t, f_t, state)
+            state.mem.pend_pos[:, n] = i
+            if n == C - 1:
+                self._merge_step(state)
+        state.pos += 1
+        return y, state
+
+    def _merge_step(self, state):
+        mem, M, B = state.mem, self.memory_size, state.k.shape[0]
+        cur = Entries(mem.prio, mem.pos, torch.arange(M, device=mem.k.device).expand(B, M))
+        cand = Entries(mem.pend_prio, mem.pend_pos, M + mem.pend_pos % self.window)
+        new = memory_update(cur, cand, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
+        bi = torch.arange(B, device=mem.k.device)[:, None]
+        src = new.src.clamp(min=0)
+        mem.k.copy_(torch.cat([mem.k, state.k], 1)[bi, src])
+        mem.v.copy_(torch.cat([mem.v, state.v], 1)[bi, src])
+        mem.prio.copy_(new.prio)
+        mem.pos.copy_(new.pos)
+        mem.pend_prio.fill_(float("-inf"))
+        mem.pend_pos.fill_(-1)
+
+    def init_state(self, batch, device=None, dtype=None, capacity=None) -> BMojoState:
+        raw = super().init_state(batch, device, dtype)
+        Hk, Dh, W, M, C = self.n_kv_heads, self.head_dim, self.window, self.memory_size, self.chunk
+        st = BMojoState(raw.k, raw.v, raw.conv, 0)
+        if self.ssm is not None:
+            st.ssm = self.ssm.init_state(batch, device, dtype)
+        if self.fading:
+            st.fk = torch.zeros(batch, 2 * W, Hk, Dh, device=device, dtype=dtype)
+            st.fv = torch.zeros(batch, 2 * W, Hk, Dh, device=device, dtype=dtype)
+        if M > 0:
+            z = torch.zeros(batch, M, Hk, Dh, device=device, dtype=dtype)
+            st.mem = MemoryState(z, z.clone(), torch.full((batch, M), float("-inf"), device=device),
+                                 torch.full((batch, M), -1, dtype=torch.long, device=device),
+                                 torch.full((batch, C), float("-inf"), device=device),
+                                 torch.full((batch, C), -1, dtype=torch.long, device=device),
+                                 torch.zeros(batch, self.d_model, device=device, dtype=dtype)
+                                 if self.uses_f_prev else None)
+        return st

@@ -1,0 +1,137 @@
+"""The language model: embedding, n_layers blocks, final norm, LM head (tied by default)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from bmojo.config import ModelConfig
+from bmojo.layers.norm import RMSNorm
+from bmojo.layers.state import LayerState
+from bmojo.models.block import Block
+from bmojo.models.init import init_weights
+
+log = logging.getLogger("bmojo")
+_logged_impls: set[str] = set()
+
+
+def resolve_impl(impl: str) -> str:
+    """`auto` -> the fastest path available here.  Resolved once per model and logged once per process."""
+    resolved = "fast" if impl == "auto" else impl
+    if impl not in _logged_impls:
+        log.info("bmojo: impl=%s resolved to %s", impl, resolved)
+        _logged_impls.add(impl)
+    return resolved
+
+
+@dataclass
+class ModelState:
+    """The whole model's decode state: one typed state per layer, the position, and the model's fingerprint."""
+
+    layers: list[LayerState]
+    pos: int
+    fingerprint: str
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.layers)
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, T, V), or (n, V) at the positions selected by `logits_at`
+    state: ModelState | None = None
+    aux_loss: torch.Tensor | None = None  # innovation predictor loss (already weighted); not in the LM loss
+
+
+class BMojoLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.impl = resolve_impl(cfg.impl)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i, self.impl) for i in range(cfg.n_layers))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        init_weights(self, cfg)
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    def _check_ids(self, ids: torch.Tensor, rank: int) -> None:
+        shape = "(B, T)" if rank == 2 else "(B,)"
+        if not isinstance(ids, torch.Tensor) or ids.dim() != rank:
+            got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"token ids must be a {shape} tensor, got {got}")
+        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must be in 0 .. vocab_size-1 = {self.cfg.vocab_size - 1}, got values in "
+                             f"{int(ids.min())} .. {int(ids.max())}")
+
+    def _check_state(self, state, batch: int) -> None:
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state must be a ModelState from this model, got {type(state).__name__}")
+        if state.fingerprint != self.cfg.fingerprint():
+            raise ValueError(f"decode state belongs to another model (fingerprint {state.fingerprint}, this model "
+                             f"{self.cfg.fingerprint()})")
+        if state.layers and state.layers[0].batch_size() != batch:
+            raise ValueError(f"decode state has batch {state.layers[0].batch_size()}, input has batch {batch}")
+
+    # ---- parallel mode ----------------------------------------------------------------------------------
+    def forward(self, ids, state: ModelState | None = None, *, return_state: bool = False,
+                logits_at: torch.Tensor | None = None) -> LMOutput:
+        """ids (B, T) -> logits (B, T, V).  With `state`, continues from it; `return_state` hands back the
+        decode state after the last token.  `logits_at` (B, T) bool computes the head only there."""
+        self._check_ids(ids, 2)
+        if state is not None:
+            self._check_state(state, ids.shape[0])
+        h = self.embed(ids.long())
+        states = []
+        for i, block in enumerate(self.layers):
+            h, s = block(h, state.layers[i] if state is not None else None, return_state)
+            states.append(s)
+        h = self.norm_f(h)
+        if logits_at is not None:
+            h = h[logits_at]
+        logits = self.lm_head(h)
+        new_state = None
+        if return_state:
+            new_state = ModelState(states, (state.pos if state is not None else 0) + ids.shape[1],
+                                   self.cfg.fingerprint())
+        return LMOutput(logits, new_state, self._aux_loss())
+
+    def _aux_loss(self):
+        losses = [b.mixer.aux_loss for b in self.layers if getattr(b.mixer, "aux_loss", None) is not None]
+        return self.cfg.aux_loss_weight * torch.stack(losses).sum() if losses else None
+
+    # ---- recurrent mode ---------------------------------------------------------------------------------
+    def step(self, token: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
+        """token (B,) -> logits (B, V); the state is updated in place and returned."""
+        self._check_ids(token, 1)
+        self._check_state(state, token.shape[0])
+        h = self.embed(token.long())
+        for block, s in zip(self.layers, state.layers):
+            h, _ = block.step(h, s)
+        state.pos += 1
+        return self.lm_head(self.norm_f(h)), state
+
+    def init_state(self, batch: int, device=None, dtype=None, capacity: int | None = None) -> ModelState:
+        """An empty decode state.  `capacity` sizes full-attention caches (default cfg.max_seq_len)."""
+        p = self.embed.weight
+        device = device if device is not None else p.device
+        dtype = dtype if dtype is not None else p.dtype
+        layers = [b.mixer.init_state(batch, device, dtype, capacity) for b in self.layers]
+        return ModelState(layers, 0, self.cfg.fingerprint())
+
+    # ---- accounting -------------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def state_bytes(self, T: int, batch: int = 1, dtype: torch.dtype | None = None) -> int:
+        """Decode-state bytes after T tokens (Zoology-style state size).  Bounded layers give the same number
+        for every T; full attention holds T keys and values."""
+        return self.init_state(batch, "meta", dtype, capacity=max(T, 1)).nbytes()

@@ -1,0 +1,59 @@
+"""Presets: the model family as choices of layer pattern, and sizing to a parameter budget."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from bmojo.config import ConfigError, ModelConfig
+
+PRESETS: dict[str, dict] = {
+    "transformer": dict(pattern="A"),  # Llama/Mistral-style Transformer
+    "swa": dict(pattern="S"),  # sliding-window Transformer
+    "mamba": dict(pattern="M", mlp=False, ssm_kind="mamba1"),  # Mamba (HF MambaForCausalLM layout)
+    "hybrid": dict(pattern="MA"),  # Jamba-style interleave (use pattern="MS" for Samba-style)
+    "bmojo-f": dict(pattern="F"),  # fading memory in every layer
+    "bmojo": dict(pattern="B"),  # fading + eidetic memory
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """The preset's config, with any ModelConfig field overridden."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown ModelConfig field(s) {unknown}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count without allocating memory (built on the meta device)."""
+    from bmojo.models.lm import BMojoLM
+
+    with torch.device("meta"):
+        return BMojoLM(cfg).num_params()
+
+
+def size_to_params(name: str, target: int, **overrides) -> ModelConfig:
+    """The preset with the d_model (a multiple of a step that keeps heads and SSM heads valid) whose
+    parameter count is closest to `target`; other fields as given."""
+    base = preset(name, **overrides)
+    step = 2 * base.n_heads
+    while (base.expand * step) % base.ssm_head_dim:
+        step += 2 * base.n_heads
+    best = None
+    for d in range(step, 16 * 1024 + 1, step):
+        try:
+            cfg = preset(name, **{**overrides, "d_model": d})
+        except ConfigError:
+            continue
+        n = count_params(cfg)
+        if best is None or abs(n - target) < abs(best[0] - target):
+            best = (n, cfg)
+        if n > target:
+            break
+    if best is None:
+        raise ConfigError(f"no valid d_model for preset {name!r} with {overrides}")
+    return best[1]

@@ -1,0 +1,139 @@
+"""Attention over [eidetic | fading | raw window] under one softmax.
+
+A query at absolute position i sees
+  - raw keys j with i - W < j <= i                       (the sliding window, W keys including itself)
+  - fading keys j with i - 2W < j <= i - W              (SSM outputs, projected to keys/values)
+  - eidetic entries of its query block with 0 <= pos <= i - W  (the memory as it stood before the block)
+Query blocks are aligned to absolute multiples of `chunk` (C <= W).
+
+Streams: k, v (B, Tk, Hk, Dh) hold keys at positions k_start .. k_start+Tk-1 (they must cover
+[max(0, q_start-W+1), q_start+T)); fk, fv likewise from f_start.  mem_k, mem_v (B, nb, M, Hk, Dh) and
+mem_pos (B, nb, M) (-1 = empty slot) give each query block's memory; nb = num_blocks(q_start, T, chunk).
+q (B, T, H, Dh) with H a multiple of Hk (grouped-query heads: kv head g serves q heads g*H/Hk ...).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def num_blocks(q_start: int, T: int, chunk: int) -> int:
+    """Query blocks aligned to multiples of chunk that cover positions q_start .. q_start+T-1."""
+    return (q_start % chunk + T + chunk - 1) // chunk
+
+
+def _neg(dtype):
+    return torch.finfo(dtype).min  # finite, so fully masked (discarded) rows never produce NaN
+
+
+def attend(q, keys, values, visible, scale):
+    """One softmax for a few queries over an explicit key set.
+    q (B, H, Dh); keys, values (B, S, Hk, Dh); visible (B, S) bool -> (B, H, Dh)."""
+    Bsz, H, Dh = q.shape
+    Hk = keys.shape[2]
+    qg = q.view(Bsz, Hk, H // Hk, Dh)
+    s = torch.einsum("bkgd,bskd->bkgs", qg, keys) * scale
+    s = s.masked_fill(~visible[:, None, None, :], _neg(s.dtype))
+    o = torch.einsum("bkgs,bskd->bkgd", s.softmax(-1), values)
+    return o.reshape(Bsz, H, Dh)
+
+
+def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
+                         mem_k=None, mem_v=None, mem_pos=None, scale=None):
+    """Sequential reference: gathers each query's key set explicitly, one softmax per query."""
+    Bsz, T, H, Dh = q.shape
+    W, C = window, (chunk or window)
+    scale = scale if scale is not None else 1.0 / math.sqrt(Dh)
+    b0 = q_start // C
+    outs = []
+    for t, q_t in enumerate(q.unbind(1)):
+        i = q_start + t
+        keys, vals, vis = [], [], []
+        if mem_k is not None:
+            b = i // C - b0
+            keys.append(mem_k[:, b]); vals.append(mem_v[:, b])
+            vis.append((mem_pos[:, b] >= 0) & (mem_pos[:, b] <= i - W))
+        if fk is not None:
+            lo, hi = max(0, i - 2 * W + 1, f_start), i - W  # inclusive
+            if hi >= lo:
+                keys.append(fk[:, lo - f_start:hi - f_start + 1]); vals.append(fv[:, lo - f_start:hi - f_start + 1])
+                vis.append(torch.ones(Bsz, hi - lo + 1, dtype=torch.bool, device=q.device))
+        lo = max(0, i - W + 1, k_start)
+        keys.append(k[:, lo - k_start:i - k_start + 1]); vals.append(v[:, lo - k_start:i - k_start + 1])
+        vis.append(torch.ones(Bsz, i - lo + 1, dtype=torch.bool, device=q.device))
+        outs.append(attend(q_t, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), scale))
+    return torch.stack(outs, dim=1)
+
+
+def _frame_blocks(t, t_start, first, length, block, step):
+    """Place stream t (B, Tt, Hk, Dh) starting at position t_start into a frame of `length` positions
+    starting at `first` (zeros where t has nothing), then cut overlapping blocks.
+    Returns blocks (B, nb, Hk, Dh, block) and valid (nb, block) bool."""
+    lo = t_start - first
+    s0, s1 = max(0, -lo), max(max(0, -lo), min(t.shape[1], length - lo))
+    framed = F.pad(t[:, s0:s1], (0, 0, 0, 0, lo + s0, length - lo - s1))  # (B, length, Hk, Dh)
+    valid = torch.zeros(length, dtype=torch.bool, device=t.device)
+    valid[lo + s0:lo + s1] = True
+    return framed.unfold(1, block, step), valid.unfold(0, block, step)
+
+
+def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
+                     mem_k=None, mem_v=None, mem_pos=None, scale=None):
+    """Chunked fast path, linear in T: each block of C queries reads C+W-1 raw keys, C+W-1 fading keys and
+    its M memory entries.  Same signature and result as window_attention_ref."""
+    Bsz, T, H, Dh = q.shape
+    Hk = k.shape[2]
+    G = H // Hk
+    W, C = window, (chunk or window)
+    scale = scale if scale is not None else 1.0 / math.sqrt(Dh)
+    a0 = q_start - q_start % C
+    r = q_start - a0
+    nb = num_blocks(q_start, T, C)
+    Tq, Kb = nb * C, C + W - 1
+    # 1. queries in aligned blocks: (B, nb, Hk, G*C, Dh)
+    qp = F.pad(q, (0, 0, 0, 0, r, Tq - r - T)) * scale
+    qb = qp.view(Bsz, nb, C, Hk, G, Dh).permute(0, 1, 3, 4, 2, 5).reshape(Bsz, nb, Hk, G * C, Dh)
+    # 2. per block key sets and their visibility (C, Kb): query c sees block column m iff c <= m < c + W
+    cq = torch.arange(C, device=q.device)[:, None]
+    mk = torch.arange(Kb, device=q.device)[None, :]
+    band = (mk >= cq) & (mk < cq + W)
+    keys, vals, vis = [], [], []
+    if mem_k is not None:
+        qpos = a0 + torch.arange(Tq, device=q.device).view(nb, C)  # (nb, C)
+        mp = mem_pos[:, :, None, :]  # (B, nb, 1, M)
+        vis.append(((mp >= 0) & (mp <= qpos[None, :, :, None] - W))[:, :, None, None])  # (B, nb, 1, 1, C, M)
+        keys.append(mem_k.permute(0, 1, 3, 4, 2))  # (B, nb, Hk, Dh, M)
+        vals.append(mem_v.permute(0, 1, 3, 4, 2))
+    for ks, vs, start, first in ((fk, fv, f_start, a0 - 2 * W + 1), (k, v, k_start, a0 - W + 1)):
+        if ks is None:
+            continue
+        kb, valid = _frame_blocks(ks, start, first, Tq + W - 1, Kb, C)
+        vb, _ = _frame_blocks(vs, start, first, Tq + W - 1, Kb, C)
+        keys.append(kb); vals.append(vb)
+        vis.append((band[None] & valid[:, None, :])[None, :, None, None])  # (1, nb, 1, 1, C, Kb)
+    # 3. one softmax over the concatenated key sets
+    kcat = torch.cat(keys, dim=-1)  # (B, nb, Hk, Dh, S)
+    vcat = torch.cat(vals, dim=-1)
+    s = torch.matmul(qb, kcat).view(Bsz, nb, Hk, G, C, -1)
+    mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)
+    p = s.masked_fill(~mask, _neg(s.dtype)).softmax(-1).view(Bsz, nb, Hk, G * C, -1)
+    o = torch.matmul(p, vcat.transpose(-1, -2))  # (B, nb, Hk, G*C, Dh)
+    o = o.view(Bsz, nb, Hk, G, C, Dh).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dh)
+    return o[:, r:r + T]
+
+
+def causal_attention(q, k, v, k_start=0, scale=None):
+    """Full causal attention (the `A` layer): q (B, T, H, Dh) at positions k_start+Tk-T ..; k, v (B, Tk, Hk, Dh)
+    hold every key from position k_start = 0.  Uses SDPA."""
+    T, Tk, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    qh = q.transpose(1, 2)
+    kh = k.transpose(1, 2).repeat_interleave(H // Hk, dim=1)
+    vh = v.transpose(1, 2).repeat_interleave(H // Hk, dim=1)
+    if Tk == T:
+        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:  # queries are the last T of Tk positions
+        mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    return o.transpose(1, 2)

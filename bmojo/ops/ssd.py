@@ -1,0 +1,92 @@
+"""Mamba-2 selective scan in its SSD form (one scalar decay per head, B and C shared by a head group).
+
+    h_t = exp(dt_t * A_h) * h_{t-1} + (dt_t * x_t) outer B_t       h: (B, H, P, N)
+    y_t = h_t @ C_t + D_h * x_t
+
+Shapes: x (B, T, H, P); dt (B, T, H) positive; A (H,) negative; B, C (B, T, G, N) with G dividing H
+(head h reads group h // (H // G)); D (H,).  The fast path computes each chunk with matrix multiplies
+and passes states between chunks with a short loop, so its cost is linear in T.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _expand_groups(t: torch.Tensor, H: int) -> torch.Tensor:
+    """(B, T, G, N) -> (B, T, H, N)."""
+    return t.repeat_interleave(H // t.shape[2], dim=2)
+
+
+def ssd_ref(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False):
+    """Sequential fp32 reference, a loop over T."""
+    Bsz, T, H, P = x.shape
+    Bh, Ch = _expand_groups(B, H), _expand_groups(C, H)  # (B, T, H, N)
+    h = initial_state if initial_state is not None else x.new_zeros(Bsz, H, P, B.shape[-1])
+    ys = []
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+        dA = torch.exp(dt_t * A)[..., None, None]  # (B, H, 1, 1)
+        h = dA * h + (dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(2)
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, C_t))
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(Bsz, 0, H, P)
+    if D is not None:
+        y = y + x * D[:, None]
+    return y, (h if output_final_state else None)
+
+
+def ssd_step(x_t, dt_t, A, B_t, C_t, D, h):
+    """One token.  x_t (B, H, P); dt_t (B, H); B_t, C_t (B, G, N); h (B, H, P, N) updated in place."""
+    H = x_t.shape[1]
+    B_t = B_t.repeat_interleave(H // B_t.shape[1], dim=1)
+    C_t = C_t.repeat_interleave(H // C_t.shape[1], dim=1)
+    h.mul_(torch.exp(dt_t * A)[..., None, None]).add_((dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(2))
+    y = torch.einsum("bhpn,bhn->bhp", h, C_t)
+    return y + x_t * D[:, None] if D is not None else y
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """a (..., L) -> (..., L, L) with out[i, j] = sum_{j < k <= i} a_k for j <= i, and -inf above the diagonal."""
+    L = a.shape[-1]
+    a = a.unsqueeze(-1).expand(*a.shape, L)  # a[..., i, j] = a_i
+    strict = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
+    out = a.masked_fill(~strict, 0).cumsum(dim=-2)
+    return out.masked_fill(~strict.logical_or(torch.eye(L, dtype=torch.bool, device=a.device)), float("-inf"))
+
+
+def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
+    """Chunked SSD (matrix form inside chunks, a loop over chunks).  Same signature as the reference."""
+    Bsz, T, H, P = x.shape
+    N = B.shape[-1]
+    L = chunk
+    pad = (-T) % L
+    if pad:  # dt = 0 on padding: decay 1 and no input, so states and outputs are unchanged
+        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    nc = x.shape[1] // L
+    Bh, Ch = _expand_groups(B, H), _expand_groups(C, H)
+    xdt = x * dt.unsqueeze(-1)
+    # 1. split into chunks
+    xdt_c = xdt.view(Bsz, nc, L, H, P)
+    B_c, C_c = Bh.view(Bsz, nc, L, H, N), Ch.view(Bsz, nc, L, H, N)
+    A_dt = (dt * A).view(Bsz, nc, L, H).permute(0, 3, 1, 2)  # (B, H, nc, L)
+    A_cs = A_dt.cumsum(-1)
+    # 2. outputs from inputs of the same chunk (the diagonal blocks)
+    decay_in = torch.exp(segsum(A_dt))  # (B, H, nc, L, L)
+    scores = torch.einsum("bclhn,bcshn->bhcls", C_c, B_c) * decay_in
+    y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt_c)
+    # 3. each chunk's contribution to the state at its end
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, H, nc, L)
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_c, decay_to_end, xdt_c)
+    # 4. pass states between chunks (linear loop over nc)
+    h = initial_state if initial_state is not None else x.new_zeros(Bsz, H, P, N)
+    chunk_decay = torch.exp(A_cs[..., -1]).permute(2, 0, 1)  # (nc, B, H)
+    starts = []
+    for dec, st in zip(chunk_decay.unbind(0), chunk_states.unbind(1)):
+        starts.append(h)
+        h = dec[..., None, None] * h + st
+    starts = torch.stack(starts, dim=1)  # (B, nc, H, P, N): state entering each chunk
+    # 5. outputs from the state entering the chunk
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, starts, torch.exp(A_cs))
+    y = (y_diag + y_off).reshape(Bsz, nc * L, H, P)[:, :T]
+    if D is not None:
+        y = y + x[:, :T] * D[:, None]
+    return y, (h if output_final_state else None)
