@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from bmojo.config import ModelConfig
-from bmojo.layers.state import LayerState, check_input, check_state
+from bmojo.layers.state import LayerState, check_call
 from bmojo.ops.attention import attend, causal_attention, window_attention, window_attention_ref
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.rope import apply_rope, rope_cos_sin
@@ -73,11 +73,6 @@ class Attention(nn.Module):
         self.attn_conv = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=True) if cfg.attn_conv else None
 
     # ---- pieces shared with B'MOJO ---------------------------------------------------------------------
-    def _check(self, x, state, rank=3, cls=None):
-        check_input(x, self.d_model, type(self).__name__, rank)
-        if state is not None:
-            check_state(state, cls or AttentionState, x.shape[0], type(self).__name__)
-
     def _attn_input(self, x, state, return_state):
         """x (B, T, D) -> the attention input (short causal conv when enabled) and the conv state."""
         if self.attn_conv is None:
@@ -135,7 +130,7 @@ class Attention(nn.Module):
 
     # ---- the mixer contract -----------------------------------------------------------------------------
     def forward(self, x, state=None, return_state=True):
-        self._check(x, state)
+        check_call(self, x, state)
         B, T, D = x.shape
         t0 = state.pos if state is not None else 0
         a, conv_state = self._attn_input(x, state, return_state)
@@ -151,7 +146,7 @@ class Attention(nn.Module):
         return y, (self._raw_state(ks, vs, start, t0 + T, conv_state, state) if return_state else None)
 
     def step(self, x_t, state):
-        self._check(x_t, state, rank=2)
+        check_call(self, x_t, state, rank=2)
         a_t = self._attn_input_step(x_t, state)
         cos, sin = self._rope(state.pos, 1, x_t.device, x_t.dtype)
         q, keys, vals, vis = self._step_raw(a_t, state, cos, sin)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from bmojo.config import ModelConfig
 from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_from_stream, ring_positions, ring_read
 from bmojo.layers.ssm import SSMState, make_ssm
-from bmojo.layers.state import LayerState
+from bmojo.layers.state import LayerState, check_call
 from bmojo.ops.attention import attend
 from bmojo.ops.rope import apply_rope
 from bmojo.ops.selection import Entries, innovation_scores, memory_update, position_scores, select_memory
@@ -104,7 +104,7 @@ class BMojoMixer(Attention):
 
     # ---- parallel mode ----------------------------------------------------------------------------------
     def forward(self, x, state=None, return_state=True):
-        self._check(x, state, cls=BMojoState)
+        check_call(self, x, state)
         B, T, D = x.shape
         W, C, M = self.window, self.chunk, self.memory_size
         t0 = state.pos if state is not None else 0
@@ -183,7 +183,7 @@ class BMojoMixer(Attention):
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, x_t, state):
-        self._check(x_t, state, rank=2, cls=BMojoState)
+        check_call(self, x_t, state, rank=2)
         B = x_t.shape[0]
         W, C, M, i = self.window, self.chunk, self.memory_size, state.pos
         a_t = self._attn_input_step(x_t, state)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bmojo.config import ModelConfig
 from bmojo.layers.norm import GatedRMSNorm
-from bmojo.layers.state import LayerState, check_input, check_state
+from bmojo.layers.state import LayerState, check_call
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.scan import selective_scan, selective_scan_ref, selective_scan_step
 from bmojo.ops.ssd import ssd_chunked, ssd_ref, ssd_step
@@ -45,10 +45,6 @@ class _SSMBase(nn.Module):
         return CONV[self.impl](xs, self.conv1d.weight[:, 0], self.conv1d.bias,
                                state.conv if state is not None else None, return_state)
 
-    def _check(self, x, state, rank=3):
-        check_input(x, self.d_model, type(self).__name__, rank)
-        if state is not None:
-            check_state(state, SSMState, x.shape[0], type(self).__name__)
 
 
 class Mamba1Mixer(_SSMBase):
@@ -78,7 +74,7 @@ class Mamba1Mixer(_SSMBase):
         return F.softplus(self.dt_proj(dt)), B, C, -torch.exp(self.A_log.float())
 
     def forward(self, x, state=None, return_state=True):
-        self._check(x, state)
+        check_call(self, x, state)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
         xs, conv_state = self._conv(xs, state, return_state)
         xs = F.silu(xs)
@@ -90,7 +86,7 @@ class Mamba1Mixer(_SSMBase):
         return out, (SSMState(conv_state, h) if return_state else None)
 
     def step(self, x_t, state):
-        self._check(x_t, state, rank=2)
+        check_call(self, x_t, state, rank=2)
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
         xs = F.silu(causal_conv1d_step(xs, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias))
         dt, B, C, A = self._ssm_inputs(xs)
@@ -132,7 +128,7 @@ class Mamba2Mixer(_SSMBase):
         return xs, B, C, F.softplus(dt + self.dt_bias), -torch.exp(self.A_log.float())
 
     def forward(self, x, state=None, return_state=True):
-        self._check(x, state)
+        check_call(self, x, state)
         Bsz, T, _ = x.shape
         z, xBC, dt = self._split(self.in_proj(x))
         xBC, conv_state = self._conv(xBC, state, return_state)
@@ -145,7 +141,7 @@ class Mamba2Mixer(_SSMBase):
         return out, (SSMState(conv_state, h) if return_state else None)
 
     def step(self, x_t, state):
-        self._check(x_t, state, rank=2)
+        check_call(self, x_t, state, rank=2)
         Bsz = x_t.shape[0]
         z, xBC, dt = self._split(self.in_proj(x_t))
         xBC = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)

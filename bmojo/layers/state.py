@@ -27,13 +27,23 @@ class LayerState:
         return self.tensors()[0].shape[0]
 
 
-def check_state(state, cls, batch: int, owner: str) -> None:
-    """Fail loudly when a state of another kind or batch is handed to a mixer."""
-    if not isinstance(state, cls):
-        raise TypeError(f"{owner}: expected a {cls.__name__}, got {type(state).__name__} "
-                        "(a decode state from another layer or model?)")
+def check_state(state, mixer, batch: int) -> None:
+    """Fail loudly when a state of another kind, shape or batch is handed to a mixer."""
+    owner = type(mixer).__name__
+    if not isinstance(state, LayerState):
+        raise TypeError(f"{owner}: expected a decode state, got {type(state).__name__}")
     if state.batch_size() != batch:
         raise ValueError(f"{owner}: decode state has batch {state.batch_size()}, input has batch {batch}")
+    span = getattr(state, "span", None)
+    cache = mixer.__dict__.setdefault("_state_shapes", {})
+    if (batch, span) not in cache:
+        ref = mixer.init_state(batch, "meta", capacity=span)
+        cache[(batch, span)] = (type(ref), [tuple(t.shape) for t in ref.tensors()])
+    kind, shapes = cache[(batch, span)]
+    got = [tuple(t.shape) for t in state.tensors()]
+    if type(state) is not kind or got != shapes:
+        raise TypeError(f"{owner}: expected a {kind.__name__} with tensor shapes {shapes}, got a "
+                        f"{type(state).__name__} with {got} (a decode state from another layer or model?)")
 
 
 def check_input(x: torch.Tensor, width: int, owner: str, rank: int = 3) -> None:
@@ -43,3 +53,10 @@ def check_input(x: torch.Tensor, width: int, owner: str, rank: int = 3) -> None:
         raise ValueError(f"{owner}: input must be {shape} with D={width}, got {got}")
     if not x.is_floating_point():
         raise TypeError(f"{owner}: input must be floating point, got {x.dtype}")
+
+
+def check_call(mixer, x: torch.Tensor, state, rank: int = 3) -> None:
+    """The checks every mixer runs before any compute: input shape/dtype, then the state."""
+    check_input(x, mixer.d_model, type(mixer).__name__, rank)
+    if state is not None:
+        check_state(state, mixer, x.shape[0])

@@ -37,7 +37,7 @@ def attend(q, keys, values, visible, scale):
     s = torch.einsum("bkgd,bskd->bkgs", qg, keys) * scale
     s = s.masked_fill(~visible[:, None, None, :], _neg(s.dtype))
     o = torch.einsum("bkgs,bskd->bkgd", s.softmax(-1), values)
-    return o.reshape(Bsz, H, Dh)
+    return o.reshape(Bsz, H, values.shape[-1])
 
 
 def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
@@ -71,11 +71,12 @@ def _frame_blocks(t, t_start, first, length, block, step):
     """Place stream t (B, Tt, Hk, Dh) starting at position t_start into a frame of `length` positions
     starting at `first` (zeros where t has nothing), then cut overlapping blocks.
     Returns blocks (B, nb, Hk, Dh, block) and valid (nb, block) bool."""
-    lo = t_start - first
-    s0, s1 = max(0, -lo), max(max(0, -lo), min(t.shape[1], length - lo))
-    framed = F.pad(t[:, s0:s1], (0, 0, 0, 0, lo + s0, length - lo - s1))  # (B, length, Hk, Dh)
+    a = min(max(first, t_start), first + length)  # overlap [a, b) of the stream and the frame, in positions
+    b = max(a, min(first + length, t_start + t.shape[1]))
+    part = t[:, a - t_start:b - t_start] if b > a else t[:, :0]
+    framed = F.pad(part, (0, 0, 0, 0, a - first, first + length - b))  # (B, length, Hk, Dh)
     valid = torch.zeros(length, dtype=torch.bool, device=t.device)
-    valid[lo + s0:lo + s1] = True
+    valid[a - first:b - first] = True
     return framed.unfold(1, block, step), valid.unfold(0, block, step)
 
 
@@ -119,8 +120,9 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
     s = torch.matmul(qb, kcat).view(Bsz, nb, Hk, G, C, -1)
     mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)
     p = s.masked_fill(~mask, _neg(s.dtype)).softmax(-1).view(Bsz, nb, Hk, G * C, -1)
-    o = torch.matmul(p, vcat.transpose(-1, -2))  # (B, nb, Hk, G*C, Dh)
-    o = o.view(Bsz, nb, Hk, G, C, Dh).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dh)
+    o = torch.matmul(p, vcat.transpose(-1, -2))  # (B, nb, Hk, G*C, Dv)
+    Dv = o.shape[-1]
+    o = o.view(Bsz, nb, Hk, G, C, Dv).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dv)
     return o[:, r:r + T]
 
 

@@ -1,0 +1,92 @@
+"""A minimal, dense, readable B'MOJO layer: the test oracle.
+
+Everything is O(T^2) and written from the definitions in DESIGN.md section 3, sharing no code with the
+fast paths except the mixer's weights and its SSM: RoPE in complex form, the causal conv as a padded
+F.conv1d, the eidetic memory as a prefix top-M (with decay 1 and static scores, "top-M of memory plus
+chunk" is top-M over everything before the chunk), and attention as one dense masked softmax over the
+concatenated keys [eidetic (T) | fading (T) | raw (T)].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rope_complex(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """x (B, T, H, Dh) at positions 0..T-1; pairs (x_j, x_{j+Dh/2}) rotate by pos * theta^(-2j/Dh)."""
+    T, Dh = x.shape[1], x.shape[-1]
+    freqs = theta ** (-torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
+    rot = torch.polar(torch.ones(T, Dh // 2, dtype=torch.float64), torch.arange(T)[:, None] * freqs)
+    xc = torch.complex(x[..., :Dh // 2].double(), x[..., Dh // 2:].double()) * rot[None, :, None, :]
+    return torch.cat([xc.real, xc.imag], dim=-1).to(x.dtype)
+
+
+def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor:
+    """scores (B, T) -> in_mem (B, T, T) bool: key j is in the memory seen by query i
+    (top-M scores among positions < start of i's chunk)."""
+    B, T = scores.shape
+    in_mem = torch.zeros(B, T, T, dtype=torch.bool)
+    for i in range(T):
+        end = (i // chunk) * chunk
+        if end == 0 or M == 0:
+            continue
+        idx = scores[:, :end].topk(min(M, end), dim=1).indices  # (B, m)
+        in_mem[torch.arange(B)[:, None], i, idx] = True
+    return in_mem
+
+
+def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None):
+    """q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh) from position 0; in_mem (B, T, T) or None."""
+    B, T, H, Dh = q.shape
+    rep = H // k.shape[2]
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    keys, vals, masks = [], [], []
+    if in_mem is not None:
+        keys.append(k); vals.append(v); masks.append(in_mem & (j <= i - window))
+    if fk is not None:
+        keys.append(fk); vals.append(fv); masks.append(((j > i - 2 * window) & (j <= i - window)).expand(B, T, T))
+    keys.append(k); vals.append(v); masks.append(((j > i - window) & (j <= i)).expand(B, T, T))
+    K = torch.cat(keys, 1).repeat_interleave(rep, dim=2)  # (B, S, H, Dh)
+    V = torch.cat(vals, 1).repeat_interleave(rep, dim=2)
+    mask = torch.cat(masks, -1)  # (B, T, S)
+    s = torch.einsum("bihd,bjhd->bhij", q, K) / math.sqrt(Dh)
+    s = s.masked_fill(~mask[:, None], float("-inf"))
+    return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), V)
+
+
+def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
+    """The output of a BMojoMixer (or windowed Attention) on x (B, T, D) from position 0, densely."""
+    B, T, D = x.shape
+    H, Hk, Dh, W = mixer.n_heads, mixer.n_kv_heads, mixer.head_dim, mixer.window
+    a = x
+    if mixer.attn_conv is not None:
+        K = mixer.attn_conv.kernel_size[0]
+        a = F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), mixer.attn_conv.weight, mixer.attn_conv.bias,
+                     groups=D).transpose(1, 2)
+    q = rope_complex(mixer.q_proj(a).view(B, T, H, Dh), mixer.rope_theta)
+    k = rope_complex(mixer.k_proj(a).view(B, T, Hk, Dh), mixer.rope_theta)
+    v = mixer.v_proj(a).view(B, T, Hk, Dh)
+    ssm = getattr(mixer, "ssm", None)
+    f = ssm(x, return_state=False)[0] if ssm is not None else None
+    fk = fv = in_mem = None
+    if getattr(mixer, "fading", False):
+        kp, vp = (mixer.fk_proj, mixer.fv_proj) if hasattr(mixer, "fk_proj") else (mixer.k_proj, mixer.v_proj)
+        fk = rope_complex(kp(f).view(B, T, Hk, Dh), mixer.rope_theta)
+        fv = vp(f).view(B, T, Hk, Dh)
+    if getattr(mixer, "memory_size", 0) > 0:
+        assert mixer.rule == "topk" and mixer.decay == 1.0, "the oracle covers top-k memory without decay"
+        f_prev = torch.cat([torch.zeros_like(x[:, :1]), f[:, :-1]], 1) if f is not None else None
+        if mixer.selector == "innovation":
+            scores = (x - f_prev @ mixer.predictor.weight.t()).pow(2).mean(-1)
+        elif mixer.selector == "norm":
+            scores = (x - f_prev).pow(2).mean(-1)
+        else:
+            from bmojo.ops.selection import position_scores
+            scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
+        in_mem = prefix_topk_memory(scores.detach(), mixer.chunk, mixer.memory_size)
+    o = dense_attention(q, k, v, W, fk, fv, in_mem)
+    y = mixer.o_proj(o.reshape(B, T, H * Dh))
+    return y + f if getattr(mixer, "ssm_residual", False) else y

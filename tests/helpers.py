@@ -1,0 +1,31 @@
+"""Shared test helpers: one assert_close that reports the max error, tiny configs, named cases."""
+from __future__ import annotations
+
+import torch
+
+from bmojo import ModelConfig, preset
+
+W, C = 8, 4  # window and chunk of the tiny configs
+LENGTHS = {"Wm1": W - 1, "W": W, "Wp1": W + 1, "odd": 13, "gt4W": 4 * W + 5}
+
+
+def assert_close(actual, expected, rtol=1e-5, name="tensor"):
+    """Max abs error relative to the largest expected magnitude; the message reports both."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    assert err <= rtol * max(scale, 1e-12), f"{name}: max abs error {err:.3e} > {rtol:.0e} x max |expected| {scale:.3e}"
+
+
+def tiny(name: str = "bmojo", **kw) -> ModelConfig:
+    base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, window=W, chunk=C, memory_size=6,
+                d_state=4, ssm_head_dim=8, ssm_chunk=8, max_seq_len=256)
+    base.update(kw)
+    return preset(name, **base)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

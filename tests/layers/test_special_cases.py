@@ -1,0 +1,96 @@
+"""Transformers, SWA and B'MOJO-F are special cases of the B'MOJO layer; the dense oracle
+(bmojo_minimal.py) pins the maths of every variant."""
+import pytest
+import torch
+
+from bmojo.bmojo_minimal import bmojo_layer_minimal, prefix_topk_memory
+from bmojo.layers.attention import Attention
+from bmojo.layers.bmojo import BMojoMixer
+from tests.helpers import LENGTHS, W, assert_close, seeded, tiny
+
+LEN = [pytest.param(T, id=k) for k, T in LENGTHS.items()]
+
+
+def _x(T, seed=1):
+    return torch.randn(2, T, 32, generator=seeded(seed))
+
+
+def _randomise(m, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "predictor" in n or "attn_conv" in n:
+                p.normal_(0, 0.3)
+    return m
+
+
+@pytest.mark.parametrize("T", LEN)
+def test_bmojo_without_ssm_and_memory_is_swa(T):
+    cfg = tiny("bmojo", fading=False, memory_size=0)
+    b = _randomise(BMojoMixer(cfg, 0, memory=True))
+    assert b.ssm is None
+    swa = Attention(cfg, window=W)
+    swa.load_state_dict(b.state_dict())  # the same parameters, nothing more
+    x = _x(T)
+    assert_close(b(x)[0], swa(x)[0], name="bmojo(off) vs swa")
+
+
+@pytest.mark.parametrize("T", LEN)
+@pytest.mark.parametrize("kind", ["S", "F", "B"])
+def test_window_at_least_T_is_full_attention(T, kind):
+    for Wbig in (T, T + 3):
+        cfg = tiny("bmojo", pattern=kind, window=Wbig, chunk=4)
+        full = Attention(cfg, window=None)
+        m = Attention(cfg, window=Wbig) if kind == "S" else _randomise(BMojoMixer(cfg, 0, memory=kind == "B"))
+        full.load_state_dict({k: v for k, v in m.state_dict().items() if k in full.state_dict()})
+        x = _x(T)
+        assert_close(m(x)[0], full(x)[0], name=f"{kind} W={Wbig}")
+
+
+@pytest.mark.parametrize("T", LEN)
+@pytest.mark.parametrize("tie", [True, False])
+def test_bmojo_f_is_one_dense_masked_softmax(T, tie):
+    m = _randomise(BMojoMixer(tiny("bmojo-f", tie_fading=tie), 0, memory=False))
+    x = _x(T)
+    assert_close(m(x)[0], bmojo_layer_minimal(m, x), name="bmojo-f vs dense")
+
+
+@pytest.mark.parametrize("T", LEN)
+@pytest.mark.parametrize("selector", ["innovation", "norm", "random", "recency"])
+def test_bmojo_matches_dense_oracle(T, selector):
+    m = _randomise(BMojoMixer(tiny("bmojo", selector=selector, ssm_residual=selector == "norm"), 0))
+    x = _x(T)
+    assert_close(m(x)[0], bmojo_layer_minimal(m, x), name=f"bmojo[{selector}] vs dense")
+
+
+@pytest.mark.parametrize("T", LEN)
+@pytest.mark.parametrize("C", [1, 4, W])
+def test_memory_read_exactness(T, C):
+    """Fading off and M >= T: every past token is in the window or in memory -> full causal attention."""
+    cfg = tiny("bmojo", fading=False, memory_size=T, chunk=C)
+    b = _randomise(BMojoMixer(cfg, 0))
+    full = Attention(cfg, window=None)
+    full.load_state_dict({k: v for k, v in b.state_dict().items() if k in full.state_dict()})
+    x = _x(T)
+    assert_close(b(x)[0], full(x)[0], name="bmojo(M>=T, no fading) vs full attention")
+
+
+def test_oracle_memory_is_not_trivial():
+    """Guard: in the oracle tests the memory really evicts (M < tokens before the last chunk)."""
+    T = LENGTHS["gt4W"]
+    in_mem = prefix_topk_memory(torch.rand(1, T, generator=seeded(0)), 4, 6)
+    assert in_mem[0, -1].sum() == 6 and (T // 4) * 4 > 6
+
+
+def test_predictor_never_changes_main_gradients():
+    """The innovation predictor P is trained by its own loss only; the output does not depend on it."""
+    m = _randomise(BMojoMixer(tiny("bmojo"), 0)).train()
+    x = _x(40).requires_grad_()
+    y, _ = m(x, return_state=False)
+    assert m.aux_loss is not None and m.aux_loss.requires_grad
+    grads = torch.autograd.grad(y.sum(), [m.predictor.weight, x], allow_unused=True)
+    assert grads[0] is None, "the main output reached the predictor"
+    aux_grads = torch.autograd.grad(m.aux_loss, [p for p in m.parameters()] + [x], allow_unused=True)
+    names = [n for n, _ in m.named_parameters()] + ["x"]
+    touched = [n for n, g in zip(names, aux_grads) if g is not None and g.abs().max() > 0]
+    assert touched == ["predictor.weight"], f"aux loss reached {touched}"
