@@ -79,9 +79,8 @@ class Mamba1Mixer(_SSMBase):
         xs, conv_state = self._conv(xs, state, return_state)
         xs = F.silu(xs)
         dt, B, C, A = self._ssm_inputs(xs)
-        kw = {"chunk": self.chunk} if self.impl == "fast" else {}
         y, h = SCAN[self.impl](xs, dt, A, B, C, self.D, state.h if state is not None else None,
-                               return_state, **kw)
+                               return_state)
         out = self.out_proj(y * F.silu(z))
         return out, (SSMState(conv_state, h) if return_state else None)
 

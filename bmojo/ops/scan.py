@@ -66,7 +66,7 @@ class _SelectiveScan(torch.autograd.Function):
             starts.append(h)
             _, _, _, dA, dBx = _chunk_terms(x, dt, A, B, s, e)
             hs = _chunk_states(dA, dBx, h)  # (L, B, E, N)
-            y[:, s:e] = torch.einsum("lben,bln->ble", hs, C[:, s:e])
+            y[:, s:e] = (hs * C[:, s:e].transpose(0, 1).unsqueeze(2)).sum(-1).transpose(0, 1)
             h = hs[-1].clone()
         ctx.chunk = chunk
         ctx.save_for_backward(x, dt, A, B, C, torch.stack(starts) if starts else h0[None])
@@ -88,22 +88,26 @@ class _SelectiveScan(torch.autograd.Function):
             gy_c = gy[:, s:e].transpose(0, 1)  # (L, B, E)
             C_c = C[:, s:e].transpose(0, 1)  # (L, B, N)
             ghs = gy_c.unsqueeze(-1) * C_c.unsqueeze(2)  # (L, B, E, N): direct part of dL/dh_l
+            gdA = torch.empty_like(dA)  # dA[l] * dL/dh_l = dL/dh_{l-1} through the recurrence
             for l in reversed(range(e - s)):  # total dL/dh_l, then carry dL/dh_{l-1}
-                g = ghs[l].add_(carry)
-                carry = dA[l] * g
-            h_prev = torch.cat([starts[ci].unsqueeze(0), hs[:-1]], dim=0)  # (L, B, E, N)
-            g_log_dA = ghs * h_prev * dA  # dL/d(dt*A)
-            g_dtx = torch.einsum("lben,lbn->lbe", ghs, B_c)  # dL/d(dt*x)
-            gdt[:, s:e] = (torch.einsum("lben,en->lbe", g_log_dA, A) + g_dtx * x_c).transpose(0, 1)
+                carry = torch.mul(dA[l], ghs[l].add_(carry), out=gdA[l])
+            carry = carry.clone()
+            # dL/d(dt*A)[l] = dL/dh_l * dA[l] * h_{l-1}
+            g_log_dA = gdA
+            g_log_dA[1:] *= hs[:-1]
+            g_log_dA[0] *= starts[ci]
+            g_dtx = (ghs * B_c.unsqueeze(2)).sum(-1)  # (L, B, E): dL/d(dt*x)
+            gdt[:, s:e] = ((g_log_dA * A).sum(-1) + g_dtx * x_c).transpose(0, 1)
             gx[:, s:e] = (g_dtx * dt_c).transpose(0, 1)
-            gA += torch.einsum("lben,lbe->en", g_log_dA, dt_c)
-            gB[:, s:e] = torch.einsum("lben,lbe->bln", ghs, dt_c * x_c)
-            gC[:, s:e] = torch.einsum("lben,lbe->bln", hs, gy_c)
+            gA += (g_log_dA * dt_c.unsqueeze(-1)).sum((0, 1))
+            gB[:, s:e] = (ghs * (dt_c * x_c).unsqueeze(-1)).sum(2).transpose(0, 1)
+            gC[:, s:e] = (hs * gy_c.unsqueeze(-1)).sum(2).transpose(0, 1)
         return gx, gdt, gA, gB, gC, carry, None
 
 
-def selective_scan(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
-    """Fast path with the reference's signature: chunked forward, recomputing custom backward."""
+def selective_scan(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=16):
+    """Fast path with the reference's signature: chunked forward, recomputing custom backward.
+    `chunk` trades Python steps for cache footprint; 16 was fastest at B=8, E=256, N=16 on a 2-core CPU."""
     Bsz, T, E = x.shape
     h0 = initial_state if initial_state is not None else x.new_zeros(Bsz, E, A.shape[1])
     if T == 0:

@@ -1,0 +1,42 @@
+"""The `bmojo` command (also `python -m bmojo`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bmojo import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bmojo.cli import demo
+
+    ap = argparse.ArgumentParser(prog="bmojo", description="B'MOJO sequence models with eidetic and fading memory, "
+                                 "and the Transformer, Mamba and hybrid special cases, on equal terms.")
+    ap.add_argument("--version", action="version", version=f"bmojo {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log backend choices and settings")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    demo.add_parser(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.command is None:
+        ap.print_help()
+        return 0
+    import torch
+
+    from bmojo.utils.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; nothing is ever unpickled.
+
+A checkpoint is a folder:
+    config.json            {"format": "bmojo-checkpoint", "version": 1, "model": {...}, "step": N, ...}
+    model.safetensors      the model's parameters (tied weights stored once)
+    optimizer.safetensors  AdamW moments per parameter index, and the torch RNG state (resumable runs)
+It is written to a temporary folder and renamed into place, so a crash never leaves a half-written
+checkpoint where the last good one was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from bmojo.config import ModelConfig
+
+FORMAT, VERSION = "bmojo-checkpoint", 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, corrupt, foreign, or does not fit the model."""
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    tensors, groups = {}, []
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"state.{i}.{k}"] = v.detach().reshape(v.shape).contiguous().cpu() if torch.is_tensor(v) \
+                else torch.tensor(v)
+    for g in opt.param_groups:
+        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"})
+    tensors["rng.torch"] = torch.get_rng_state()
+    return tensors, {"param_groups": groups, "n_params": len(params)}
+
+
+def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write model (+ optimizer) and meta to `path` atomically (temp folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    info = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict(), **meta}
+    if optimizer is not None:
+        tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        info["optimizer"] = opt_meta
+    (tmp / "config.json").write_text(json.dumps(info, indent=2))
+    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        old = path.with_name(f".{path.name}.old")
+        if old.is_dir():  # a crash between the two renames of save_checkpoint
+            path = old
+        else:
+            raise CheckpointError(f"{path}: no checkpoint folder here")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: config.json is missing; not a bmojo checkpoint")
+    try:
+        info = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_file}: format is {info.get('format') if isinstance(info, dict) else None!r}, "
+                              f"expected {FORMAT!r} (a checkpoint of another tool?)")
+    if info.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_file}: checkpoint version {info.get('version')!r}, this bmojo reads {VERSION}")
+    info["_path"] = str(path)
+    return info
+
+
+def load_checkpoint(path: str | Path, device="cpu"):
+    """-> (model, meta).  Builds the model from the stored config and loads its weights."""
+    from bmojo.models.lm import BMojoLM
+
+    info = read_meta(path)
+    path = Path(info["_path"])
+    cfg = ModelConfig.from_dict(info["model"])
+    model = BMojoLM(cfg).to(device)
+    load_weights(model, path / "model.safetensors")
+    return model, info
+
+
+def load_weights(model, file: Path) -> None:
+    if not file.is_file():
+        raise CheckpointError(f"{file}: weights file is missing")
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{file}: tensors do not fit the model ({e})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: missing tensors {sorted(missing)[:5]}, unexpected tensors "
+                              f"{sorted(unexpected)[:5]}")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path, meta: dict) -> None:
+    file = Path(path) / "optimizer.safetensors"
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if meta["optimizer"]["n_params"] != len(params):
+        raise CheckpointError(f"{file}: optimizer state for {meta['optimizer']['n_params']} parameters, "
+                              f"the model has {len(params)}")
+    for g, saved in zip(optimizer.param_groups, meta["optimizer"]["param_groups"]):
+        g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+    for key, t in tensors.items():
+        if key.startswith("state."):
+            _, i, name = key.split(".", 2)
+            optimizer.state[params[int(i)]][name] = t.to(params[int(i)].device)
+    torch.set_rng_state(tensors["rng.torch"])

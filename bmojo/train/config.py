@@ -1,0 +1,58 @@
+"""Training config: one typed dataclass; each field's help is its CLI help."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from bmojo.config import ConfigError
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(1000, "optimizer steps")
+    batch_size: int = _f(32, "sequences per step")
+    lr: float = _f(3e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine decay)")
+    warmup: int = _f(50, "linear warmup steps")
+    weight_decay: float = _f(0.1, "AdamW weight decay (never on norms, biases, embeddings-free 1-D or tagged params)")
+    betas: tuple[float, float] = _f((0.9, 0.95), "AdamW betas")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    seed: int = _f(0, "seed of the model init and the data stream")
+    eval_every: int = _f(100, "evaluate every this many steps (0 = only at the end)")
+    eval_batches: int = _f(4, "batches per evaluation")
+    target_acc: float | None = _f(None, "stop early once eval accuracy reaches this")
+    log_every: int = _f(10, "write a metrics line every this many steps")
+    save_every: int = _f(0, "checkpoint every this many steps (0 = only the final one)")
+    progress: bool = _f(True, "show a progress line on stderr")
+
+    def __post_init__(self):
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size", "eval_batches", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a positive integer")
+        for name in ("warmup", "eval_every", "save_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: must be an integer >= 0")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr={self.lr!r}: must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise ConfigError(f"TrainConfig.target_acc={self.target_acc!r}: must be in (0, 1] or None")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)

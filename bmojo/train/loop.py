@@ -1,0 +1,122 @@
+"""The one training loop used by every command.
+
+`batch_fn(step) -> (inputs (B, T) long, labels (B, T) long)` must be a pure function of the step (seeded
+generators), so that a resumed run sees exactly the data an uninterrupted one would.  Labels are -100
+where nothing is asked; the LM head runs only at labelled positions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bmojo.train.checkpoint import load_checkpoint, load_optimizer, read_meta, save_checkpoint
+from bmojo.train.config import TrainConfig
+from bmojo.train.optim import lr_at, make_optimizer
+from bmojo.train.progress import MetricsLog, Progress
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_seconds: float
+    eval: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    checkpoint: str | None = None
+
+
+def loss_and_acc(model, inputs, labels):
+    """Cross entropy and accuracy at labelled positions (the head is computed there only)."""
+    mask = labels != -100
+    out = model(inputs, logits_at=mask)
+    target = labels[mask]
+    loss = F.cross_entropy(out.logits.float(), target)
+    acc = (out.logits.argmax(-1) == target).float().mean()
+    return loss, acc, out.aux_loss
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[Batch]) -> dict:
+    was = model.training
+    model.eval()
+    n = correct = 0
+    loss_sum = 0.0
+    for inputs, labels in batches:
+        mask = labels != -100
+        logits = model(inputs, logits_at=mask).logits.float()
+        target = labels[mask]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(-1) == target).sum().item()
+        n += target.numel()
+    model.train(was)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
+
+
+def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_batches: list[Batch] | None = None,
+          out_dir: str | Path | None = None, meta: dict | None = None, resume: bool = False,
+          desc: str = "train") -> TrainResult:
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint" if out is not None else None
+    opt = make_optimizer(model, cfg)
+    start = 0
+    if resume and ckpt is not None and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
+        info = read_meta(ckpt)
+        loaded, _ = load_checkpoint(ckpt)
+        model.load_state_dict(loaded.state_dict())
+        opt = make_optimizer(model, cfg)
+        load_optimizer(opt, info["_path"], info)
+        start = info["step"]
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
+    bar = Progress(cfg.steps, desc, cfg.progress)
+    history, result_eval, stopped = [], {}, False
+    model.train()
+    t_train, tokens = 0.0, 0
+    step = start
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        inputs, labels = batch_fn(step)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss, acc, aux = loss_and_acc(model, inputs, labels)
+        opt.zero_grad(set_to_none=True)
+        (loss + aux if aux is not None else loss).backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        dt = time.perf_counter() - t0
+        t_train += dt
+        tokens += inputs.numel()
+        done = step + 1
+        row = None
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            row = {"step": done, "loss": loss.item(), "acc": acc.item(), "lr": lr_at(step, cfg),
+                   "tokens_per_s": tokens / max(t_train, 1e-9)}
+            if aux is not None:
+                row["aux_loss"] = aux.item()
+        if eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            result_eval = evaluate(model, eval_batches)
+            row = {**(row or {"step": done}), **{f"eval_{k}": v for k, v in result_eval.items()}}
+            stopped = cfg.target_acc is not None and result_eval["acc"] >= cfg.target_acc
+        if row is not None:
+            history.append(row)
+            log.write(**row)
+        bar.update(done, loss=loss.item(), acc=acc.item(), tok_s=int(tokens / max(t_train, 1e-9)),
+                   **({"eval_acc": result_eval["acc"]} if result_eval else {}))
+        if ckpt is not None and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and not stopped:
+            save_checkpoint(ckpt, model, {"step": done, "train": cfg.to_dict(), **(meta or {})}, opt)
+        if stopped:
+            break
+    bar.close()
+    steps_done = step + 1 if cfg.steps > start else start
+    path = None
+    if ckpt is not None:
+        path = str(save_checkpoint(ckpt, model, {"step": steps_done, "train": cfg.to_dict(), "eval": result_eval,
+                                                 **(meta or {})}, opt))
+    return TrainResult(steps_done, t_train, result_eval, history, stopped, path)

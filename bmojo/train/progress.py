@@ -1,0 +1,51 @@
+"""A dependency-free progress line on stderr, and JSONL metrics."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class Progress:
+    def __init__(self, total: int, desc: str = "", enabled: bool = True, every_s: float = 0.5):
+        self.total, self.desc, self.enabled, self.every_s = total, desc, enabled, every_s
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, n: int, **fields) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        final = n >= self.total
+        if not final and now - self.last < (self.every_s if self.tty else 10.0):
+            return
+        self.last = now
+        el = now - self.t0
+        eta = el / max(n, 1) * (self.total - n)
+        body = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        line = f"{self.desc} {n}/{self.total} [{el:.0f}s<{eta:.0f}s] {body}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:200].ljust(120) + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+class MetricsLog:
+    """Appends one JSON object per line."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
