@@ -58,7 +58,7 @@ class ModelConfig:
     ssm_head_dim: int = _f(32, "mamba2 head width P (divides E)")
     n_groups: int = _f(1, "mamba2 B/C groups (divides E / ssm_head_dim)")
     dt_rank: int | None = _f(None, "mamba1 dt rank; None = ceil(d_model / 16)")
-    ssm_chunk: int = _f(64, "chunk length of the mamba2 (SSD) fast path")
+    ssm_chunk: int = _f(32, "chunk length of the mamba2 (SSD) fast path")
     mlp: bool = _f(True, "SwiGLU MLP after each mixer")
     d_ff: int | None = _f(None, "MLP hidden width; None = 8/3 d_model rounded up to a multiple of 8")
     rope_theta: float = _f(10000.0, "RoPE base")

@@ -55,6 +55,8 @@ class MQARConfig(_TaskConfig):
         self._need(self.num_kv_pairs > 0, "num_kv_pairs", "must be positive")
         self._need(self.vocab_size // 2 - 1 >= P, "vocab_size",
                    f"too small for {P} pairs: keys come from 1 .. V/2-1, so V must be >= {2 * P + 2}")
+        self._need(4 * P <= self.seq_len, "num_kv_pairs",
+                   f"more pairs than fit: {P} pairs and their {P} queries need seq_len >= {4 * P}, got {self.seq_len}")
         start = self.start
         self._need(start >= 2 * P, "query_start", f"must be >= 2*num_kv_pairs = {2 * P} (after the pairs)")
         self._need(self.power_a > 0, "power_a", "must be > 0")
@@ -172,15 +174,15 @@ class CopyConfig(_TaskConfig):
     def __post_init__(self):
         self._need(self.vocab_size >= 3, "vocab_size", "must be >= 3")
         self._need(self.num_tokens > 0, "num_tokens", "must be positive")
-        self._need(self.seq_len >= 2 * self.num_tokens + 1, "num_tokens",
-                   f"more tokens than fit: need seq_len >= {2 * self.num_tokens + 1}")
+        self._need(self.seq_len >= 2 * self.num_tokens, "num_tokens",
+                   f"more tokens than fit: need seq_len >= {2 * self.num_tokens}")
 
 
 def selective_copying(cfg: CopyConfig, batch: int, rng: np.random.Generator):
     """MAD selective copying: n tokens at random positions among blanks, then the signal, then the tokens
     again in order (teacher forced); labels ask for each of them, starting at the signal."""
     T, n = cfg.seq_len, cfg.num_tokens
-    ctx = T - n - 1
+    ctx = T - n  # context [0, ctx), the signal at ctx, then tokens 1 .. n-1 teacher forced
     inputs = np.zeros((batch, T), dtype=np.int64)
     labels = np.full((batch, T), IGNORE, dtype=np.int64)
     toks = rng.integers(2, cfg.vocab_size, (batch, n))
@@ -204,7 +206,7 @@ class PasskeyConfig(_TaskConfig):
     def __post_init__(self):
         self._need(self.vocab_size >= 13, "vocab_size", "must be >= 13 (markers, ten digits, filler)")
         self._need(self.digits > 0, "digits", "must be positive")
-        self._need(self.seq_len >= 2 * self.digits + 3, "seq_len", f"must be >= {2 * self.digits + 3}")
+        self._need(self.seq_len >= 2 * self.digits + 2, "seq_len", f"must be >= {2 * self.digits + 2}")
         self._need(self.depth is None or 0 <= self.depth <= 1, "depth", "must be in [0, 1] or None")
 
 
@@ -213,12 +215,12 @@ def passkey(cfg: PasskeyConfig, batch: int, rng: np.random.Generator):
     inputs = rng.integers(12, cfg.vocab_size, (batch, T))
     labels = np.full((batch, T), IGNORE, dtype=np.int64)
     key = rng.integers(2, 12, (batch, n))
-    room = T - 2 * n - 2  # needle start positions that end before the query
+    room = T - 2 * n  # needle starts 0 .. room-1 end before the query marker at T-n
     start = rng.integers(0, room, batch) if cfg.depth is None else np.full(batch, int(round(cfg.depth * (room - 1))))
     rows = np.arange(batch)[:, None]
     inputs[rows[:, 0], start] = 0
     inputs[rows, start[:, None] + 1 + np.arange(n)] = key
-    q = T - n - 1
+    q = T - n
     inputs[:, q] = 1
     inputs[:, q + 1:] = key[:, :-1] if n > 1 else inputs[:, q + 1:]
     labels[:, q:q + n] = key

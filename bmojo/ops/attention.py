@@ -70,14 +70,17 @@ def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, f
 def _frame_blocks(t, t_start, first, length, block, step):
     """Place stream t (B, Tt, Hk, Dh) starting at position t_start into a frame of `length` positions
     starting at `first` (zeros where t has nothing), then cut overlapping blocks.
-    Returns blocks (B, nb, Hk, Dh, block) and valid (nb, block) bool."""
+    Returns blocks (B, nb, Hk, block, Dh) and valid (nb, block) bool."""
     a = min(max(first, t_start), first + length)  # overlap [a, b) of the stream and the frame, in positions
     b = max(a, min(first + length, t_start + t.shape[1]))
     part = t[:, a - t_start:b - t_start] if b > a else t[:, :0]
     framed = F.pad(part, (0, 0, 0, 0, a - first, first + length - b))  # (B, length, Hk, Dh)
     valid = torch.zeros(length, dtype=torch.bool, device=t.device)
     valid[a - first:b - first] = True
-    return framed.unfold(1, block, step), valid.unfold(0, block, step)
+    nb = (length - block) // step + 1
+    idx = (torch.arange(nb, device=t.device)[:, None] * step + torch.arange(block, device=t.device)).flatten()
+    blocks = framed.index_select(1, idx).view(t.shape[0], nb, block, *t.shape[2:])  # (B, nb, block, Hk, Dh)
+    return blocks.transpose(2, 3), valid[idx].view(nb, block)
 
 
 def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
@@ -105,8 +108,8 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
         qpos = a0 + torch.arange(Tq, device=q.device).view(nb, C)  # (nb, C)
         mp = mem_pos[:, :, None, :]  # (B, nb, 1, M)
         vis.append(((mp >= 0) & (mp <= qpos[None, :, :, None] - W))[:, :, None, None])  # (B, nb, 1, 1, C, M)
-        keys.append(mem_k.permute(0, 1, 3, 4, 2))  # (B, nb, Hk, Dh, M)
-        vals.append(mem_v.permute(0, 1, 3, 4, 2))
+        keys.append(mem_k.transpose(2, 3))  # (B, nb, Hk, M, Dh)
+        vals.append(mem_v.transpose(2, 3))
     for ks, vs, start, first in ((fk, fv, f_start, a0 - 2 * W + 1), (k, v, k_start, a0 - W + 1)):
         if ks is None:
             continue
@@ -115,12 +118,12 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
         keys.append(kb); vals.append(vb)
         vis.append((band[None] & valid[:, None, :])[None, :, None, None])  # (1, nb, 1, 1, C, Kb)
     # 3. one softmax over the concatenated key sets
-    kcat = torch.cat(keys, dim=-1)  # (B, nb, Hk, Dh, S)
-    vcat = torch.cat(vals, dim=-1)
-    s = torch.matmul(qb, kcat).view(Bsz, nb, Hk, G, C, -1)
+    kcat = torch.cat(keys, dim=3)  # (B, nb, Hk, S, Dh)
+    vcat = torch.cat(vals, dim=3)
+    s = torch.matmul(qb, kcat.transpose(-1, -2)).view(Bsz, nb, Hk, G, C, -1)
     mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)
     p = s.masked_fill(~mask, _neg(s.dtype)).softmax(-1).view(Bsz, nb, Hk, G * C, -1)
-    o = torch.matmul(p, vcat.transpose(-1, -2))  # (B, nb, Hk, G*C, Dv)
+    o = torch.matmul(p, vcat)  # (B, nb, Hk, G*C, Dv)
     Dv = o.shape[-1]
     o = o.view(Bsz, nb, Hk, G, C, Dv).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dv)
     return o[:, r:r + T]

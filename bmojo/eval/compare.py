@@ -1,0 +1,167 @@
+"""Train several models on one synthetic task on equal terms and compare them.
+
+Every run gets the same task, the same data stream (same seed), the same step budget and a parameter count
+matched by `size_to_params`; each model keeps its best learning rate of the sweep (as Zoology does).
+Runs go to worker processes (one torch thread each); results are JSON, a table and a PNG plot of accuracy
+against decode-state bytes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bmojo.data.synthetic import batch_stream, make_task
+from bmojo.models import BMojoLM, size_to_params
+from bmojo.train import TrainConfig, evaluate, train
+
+
+@dataclass
+class RunSpec:
+    label: str  # e.g. "bmojo", "bmojo[selector=random]", "bmojo[M=8]"
+    preset: str
+    model: dict = field(default_factory=dict)  # ModelConfig overrides for this run
+
+
+@dataclass
+class CompareSpec:
+    runs: list[RunSpec]
+    task: str = "mqar"
+    task_options: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # overrides shared by every run (window, n_layers, ...)
+    params: int = 150_000
+    steps: int = 600
+    batch_size: int = 64
+    lrs: tuple[float, ...] = (3e-3,)
+    warmup: int = 50
+    eval_every: int = 100
+    eval_examples: int = 512
+    target_acc: float | None = 0.995
+    length_factors: tuple[int, ...] = ()  # also evaluate at seq_len * k
+    seed: int = 0
+    workers: int = 1
+    out: str = "runs/compare"
+
+
+def _eval_batches(task: str, opts: dict, n: int, seed: int, batch: int = 128):
+    _, gen = make_task(task, **opts)
+    return [gen(min(batch, n - i), np.random.default_rng([seed, 7919, i])) for i in range(0, n, batch)]
+
+
+def _one_run(args) -> dict:
+    spec, run, lr = args
+    torch.set_num_threads(1)
+    from bmojo.utils.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    task_cfg, gen = make_task(spec.task, **spec.task_options)
+    T = task_cfg.seq_len
+    kmax = max(spec.length_factors, default=1)
+    model_kw = {"vocab_size": task_cfg.vocab_size, "max_seq_len": T * kmax, **spec.model, **run.model}
+    cfg = size_to_params(run.preset, spec.params, **model_kw)
+    torch.manual_seed(spec.seed)
+    model = BMojoLM(cfg)
+    tcfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=lr, warmup=spec.warmup,
+                       eval_every=spec.eval_every, target_acc=spec.target_acc, seed=spec.seed, progress=False)
+    evals = _eval_batches(spec.task, spec.task_options, spec.eval_examples, spec.seed)
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in run.label)
+    res = train(model, tcfg, batch_stream(gen, spec.batch_size, spec.seed), eval_batches=evals,
+                out_dir=Path(spec.out) / "runs" / f"{safe}-lr{lr:g}", meta={"task": spec.task,
+                                                                               "task_options": spec.task_options})
+    row = {"label": run.label, "preset": run.preset, "lr": lr, "params": model.num_params(),
+           "d_model": cfg.d_model, "state_bytes": model.state_bytes(T), "acc": res.eval.get("acc", float("nan")),
+           "loss": res.eval.get("loss", float("nan")), "steps": res.steps, "train_seconds": res.train_seconds,
+           "stopped_early": res.stopped_early, "curve": [[h["step"], h["eval_acc"]] for h in res.history
+                                                         if "eval_acc" in h], "model": cfg.to_dict()}
+    for k in spec.length_factors:
+        opts = {**spec.task_options, "seq_len": T * k}
+        if spec.task == "mqar" and opts.get("query_start") is not None:
+            opts["query_start"] = opts["query_start"] * k
+        row[f"acc_x{k}"] = evaluate(model, _eval_batches(spec.task, opts, spec.eval_examples // 2, spec.seed + k, 32))["acc"]
+    return row
+
+
+def run_compare(spec: CompareSpec, log=print) -> dict:
+    jobs = [(spec, run, lr) for run in spec.runs for lr in spec.lrs]
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"compare: {len(spec.runs)} models x {len(spec.lrs)} learning rates = {len(jobs)} runs on {spec.task} "
+        f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
+    t0 = time.perf_counter()
+    rows = []
+    if spec.workers > 1:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(spec.workers) as pool:
+            for row in pool.imap_unordered(_one_run, jobs):
+                rows.append(row)
+                log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
+                    f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
+    else:
+        for job in jobs:
+            rows.append(_one_run(job))
+            row = rows[-1]
+            log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
+                f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
+    best = {}
+    for r in rows:  # best learning rate per model
+        if r["label"] not in best or r["acc"] > best[r["label"]]["acc"]:
+            best[r["label"]] = r
+    order = [r.label for r in spec.runs]
+    results = {"spec": {**asdict(spec), "runs": [asdict(r) for r in spec.runs]}, "best": [best[k] for k in order],
+               "all_runs": rows, "wall_seconds": time.perf_counter() - t0, "machine": _machine()}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    log("\n" + format_table(results["best"], spec.length_factors))
+    png = plot(results["best"], out / "results.png", f"{spec.task} {spec.task_options}")
+    log(f"\nwrote {out / 'results.json'}" + (f" and {png}" if png else " (install the `plot` extra for a PNG)"))
+    return results
+
+
+def format_table(rows: list[dict], factors=()) -> str:
+    head = ["model", "params", "state bytes", "lr", "acc"] + [f"acc x{k}" for k in factors] + ["steps", "train s"]
+    lines = [head]
+    for r in rows:
+        lines.append([r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}", f"{r['acc']:.3f}"]
+                     + [f"{r[f'acc_x{k}']:.3f}" for k in factors] + [str(r["steps"]), f"{r['train_seconds']:.0f}"])
+    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    fmt = lambda l: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths)))
+    return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["state_bytes"], r["acc"], s=40)
+        ax.annotate(r["label"], (r["state_bytes"], r["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("decode-state bytes at the training length")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}

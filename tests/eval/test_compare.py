@@ -1,0 +1,45 @@
+"""`bmojo compare` end to end in seconds on a tiny setting: table, results.json, PNG, ablation rows,
+length factors, and clear errors for bad options."""
+import json
+
+import pytest
+
+from bmojo.cli.main import main
+
+
+def test_tiny_compare_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--presets", "swa,bmojo", "--selectors", "random", "--memory-sizes", "2",
+               "--steps", "3", "--batch-size", "4", "--params", "20000", "--eval-examples", "8",
+               "--sweep", "1e-3,3e-3", "--workers", "1", "--length-factors", "2",
+               "--vocab-size", "32", "--seq-len", "24", "--num-kv-pairs", "3", "--query-start", "12",
+               "--model-opt", "window=4", "--model-opt", "chunk=4", "--model-opt", "memory_size=4",
+               "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    labels = [r["label"] for r in res["best"]]
+    assert labels == ["swa", "bmojo", "bmojo[random]", "bmojo[M=2]"]
+    assert len(res["all_runs"]) == 8  # 4 models x 2 learning rates
+    for r in res["best"]:
+        assert 0 <= r["acc"] <= 1 and 0 <= r["acc_x2"] <= 1 and r["steps"] == 3 and r["state_bytes"] > 0
+        assert r["lr"] in (1e-3, 3e-3)
+    by = {r["label"]: r for r in res["best"]}
+    assert by["bmojo[random]"]["model"]["selector"] == "random" and by["bmojo[M=2]"]["model"]["memory_size"] == 2
+    assert by["bmojo"]["model"]["window"] == 4
+    assert by["bmojo[M=2]"]["state_bytes"] < by["bmojo"]["state_bytes"]
+    assert (out / "results.png").stat().st_size > 1000
+    table = capsys.readouterr().out
+    assert "state bytes" in table and "bmojo[M=2]" in table
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--num-kv-pairs", "40"], "more pairs than fit"),
+    (["--vocab-size", "10", "--num-kv-pairs", "8", "--seq-len", "64"], "vocab_size.*too small"),
+    (["--presets", "gpt"], "unknown.*gpt"),
+    (["--model-opt", "windw=3"], "expected FIELD=VALUE"),
+    (["--digits", "3"], "no option.*--digits"),
+])
+def test_compare_bad_options(argv, match, tmp_path, capsys):
+    rc = main(["compare", "--out", str(tmp_path)] + argv)
+    assert rc == 2
+    assert __import__("re").search(match, capsys.readouterr().err)

@@ -1,0 +1,100 @@
+"""The training loop: learns, stops early, logs JSONL, checkpoints (safetensors + JSON), resumes exactly,
+and rejects corrupt or foreign checkpoints with a clear error."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bmojo import BMojoLM
+from bmojo.data.synthetic import batch_stream, make_task
+from bmojo.train import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
+from bmojo.train.optim import lr_at, param_groups
+from tests.helpers import tiny
+
+
+def _setup(seed=0):
+    _, gen = make_task("mqar", vocab_size=32, seq_len=24, num_kv_pairs=3)
+    torch.manual_seed(seed)
+    model = BMojoLM(tiny("bmojo", vocab_size=32, n_layers=1, max_seq_len=32))
+    evals = [gen(32, np.random.default_rng(99))]
+    return model, batch_stream(gen, 8, seed=1), evals
+
+
+def test_train_logs_checkpoints_and_reloads(tmp_path):
+    model, data, evals = _setup()
+    res = train(model, TrainConfig(steps=12, batch_size=8, eval_every=6, log_every=3, progress=False), data,
+                eval_batches=evals, out_dir=tmp_path, meta={"task": "mqar"})
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6, 9, 12] and "eval_acc" in rows[1] and "tokens_per_s" in rows[0]
+    loaded, meta = load_checkpoint(res.checkpoint)
+    assert meta["step"] == 12 and meta["task"] == "mqar" and meta["eval"]["acc"] == res.eval["acc"]
+    ids = torch.randint(0, 32, (2, 10))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["config.json", "model.safetensors",
+                                                                           "optimizer.safetensors"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = TrainConfig(steps=10, batch_size=8, eval_every=0, log_every=5, progress=False)
+    full, data, _ = _setup()
+    train(full, cfg, data)
+    # 4 steps with a checkpoint, then a resume into a differently initialised model up to 10
+    first, data, _ = _setup()
+    train(first, TrainConfig(**{**cfg.to_dict(), "steps": 4}), data, out_dir=tmp_path)
+    resumed, data, _ = _setup(seed=123)  # different init: everything must come from the checkpoint
+    res = train(resumed, cfg, data, out_dir=tmp_path, resume=True)
+    assert res.steps == 10
+    for (n, a), b in zip(full.named_parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), f"{n} differs after resume"
+
+
+def test_early_stop_at_target_accuracy():
+    model, _, _ = _setup()
+    ids = torch.randint(0, 32, (8, 12), generator=torch.Generator().manual_seed(0))
+    batch = (ids, torch.full_like(ids, 5))  # always answer 5: learnt in a few steps
+    res = train(model, TrainConfig(steps=200, batch_size=8, eval_every=2, target_acc=0.99, warmup=0, progress=False),
+                lambda step: batch, eval_batches=[batch])
+    assert res.stopped_early and res.steps < 200 and res.eval["acc"] >= 0.99 and res.steps % 2 == 0
+
+
+def test_no_weight_decay_groups_and_schedule():
+    model, _, _ = _setup()
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert any(getattr(p, "_no_weight_decay", False) for p in no_decay["params"])
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3) and lr_at(55, cfg) < lr_at(20, cfg)
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    model, _, _ = _setup()
+    good = save_checkpoint(tmp_path / "ok", model, {"step": 0})
+    with pytest.raises(CheckpointError, match="no checkpoint folder"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(CheckpointError, match="format is None.*another tool"):
+        load_checkpoint(tmp_path / "foreign")
+    (good / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(good)
+    other = save_checkpoint(tmp_path / "other", BMojoLM(tiny("transformer", vocab_size=32, n_layers=1)), {"step": 0})
+    meta = json.loads((other / "config.json").read_text())
+    meta["model"] = tiny("bmojo", vocab_size=32, n_layers=1).to_dict()  # weights of one model, config of another
+    (other / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        load_checkpoint(other)
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(other)
+
+
+def test_train_config_errors():
+    from bmojo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TrainConfig.steps=0"):
+        TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="unknown field"):
+        TrainConfig.from_dict({"stepz": 3})
