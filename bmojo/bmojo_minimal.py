@@ -37,15 +37,16 @@ def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor
     return in_mem
 
 
-def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None):
-    """q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh) from position 0; in_mem (B, T, T) or None."""
+def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None):
+    """q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh) from position 0; in_mem (B, T, T) or None;
+    mem_v: the values memory entries carry (default v)."""
     B, T, H, Dh = q.shape
     rep = H // k.shape[2]
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
     keys, vals, masks = [], [], []
     if in_mem is not None:
-        keys.append(k); vals.append(v); masks.append(in_mem & (j <= i - window))
+        keys.append(k); vals.append(v if mem_v is None else mem_v); masks.append(in_mem & (j <= i - window))
     if fk is not None:
         keys.append(fk); vals.append(fv); masks.append(((j > i - 2 * window) & (j <= i - window)).expand(B, T, T))
     keys.append(k); vals.append(v); masks.append(((j > i - window) & (j <= i)).expand(B, T, T))
@@ -71,7 +72,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
     v = mixer.v_proj(a).view(B, T, Hk, Dh)
     ssm = getattr(mixer, "ssm", None)
     f = ssm(x, return_state=False)[0] if ssm is not None else None
-    fk = fv = in_mem = None
+    fk = fv = in_mem = mem_v = None
     if getattr(mixer, "fading", False):
         kp, vp = (mixer.fk_proj, mixer.fv_proj) if hasattr(mixer, "fk_proj") else (mixer.k_proj, mixer.v_proj)
         fk = rope_complex(kp(f).view(B, T, Hk, Dh), mixer.rope_theta)
@@ -86,7 +87,11 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         else:
             from bmojo.ops.selection import position_scores
             scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
+        if getattr(mixer, "gate", None) is not None:  # learned selection gate
+            g = mixer.gate(x)[..., 0]
+            scores = scores + g
+            mem_v = v * torch.sigmoid(g)[..., None, None]
         in_mem = prefix_topk_memory(scores.detach(), mixer.chunk, mixer.memory_size)
-    o = dense_attention(q, k, v, W, fk, fv, in_mem)
+    o = dense_attention(q, k, v, W, fk, fv, in_mem, mem_v)
     y = mixer.o_proj(o.reshape(B, T, H * Dh))
     return y + f if getattr(mixer, "ssm_residual", False) else y

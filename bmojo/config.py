@@ -24,7 +24,17 @@ class ConfigError(ValueError):
 
 
 def _f(default, help: str):
+    """A dataclass field whose one-line doc is its CLI help."""
     return field(default=default, metadata={"help": help})
+
+
+def checked_kwargs(cls, d: dict, owner: str | None = None) -> dict:
+    """d, after checking that every key is a field of dataclass cls (the error names the unknown ones)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{owner or cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+    return d
 
 
 @dataclass
@@ -45,6 +55,8 @@ class ModelConfig:
     memory_decay: float = _f(1.0, "per-chunk decay of stored priorities, in (0, 1]; 1 = no ageing")
     score_layers: tuple[int, ...] | None = _f(None, "layer indices that run `selector`; other B layers use "
                                                   "recency; None = every B layer")
+    selection_gate: bool = _f(False, "learn a per-token gate g = w.x through the task: g adds to the eidetic "
+                                     "priority and stored values are scaled by sigmoid(g)")
     fading: bool = _f(True, "B layers attend to the fading (SSM) keys; off leaves window + memory")
     tie_fading: bool = _f(True, "fading keys/values use the raw tokens' k/v projections")
     attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
@@ -154,11 +166,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"ModelConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**checked_kwargs(cls, d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -15,18 +15,14 @@ asked, and label[t] is the answer the model must give *at* position t (next-toke
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from bmojo.config import ConfigError
+from bmojo.config import ConfigError, _f, checked_kwargs
 
 IGNORE = -100
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 class _TaskConfig:
@@ -242,11 +238,7 @@ def make_task(name: str, **options):
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; allowed: {sorted(TASKS)}")
     cls, fn = TASKS[name]
-    known = {f.name for f in fields(cls)}
-    bad = sorted(set(options) - known)
-    if bad:
-        raise ConfigError(f"task {name!r}: unknown option(s) {bad}; known: {sorted(known)}")
-    cfg = cls(**options)
+    cfg = cls(**checked_kwargs(cls, options, f"task {name!r}"))
     return cfg, (lambda batch, rng: fn(cfg, batch, rng))
 
 

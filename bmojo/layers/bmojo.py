@@ -38,6 +38,7 @@ class MemoryState(LayerState):
     pend_prio: torch.Tensor  # (B, C) scores of the current chunk's tokens so far
     pend_pos: torch.Tensor  # (B, C)
     f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
+    pend_gate: torch.Tensor | None = None  # (B, C) selection-gate logits of the current chunk's tokens
 
 
 @dataclass
@@ -68,6 +69,11 @@ class BMojoMixer(Attention):
             self.predictor = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
             self.predictor._no_reinit = True
             nn.init.zeros_(self.predictor.weight)
+        self.gate = None
+        if self.memory_size > 0 and cfg.selection_gate:
+            self.gate = nn.Linear(cfg.d_model, 1, bias=False)  # a bias would shift every priority alike
+            self.gate._no_reinit = True
+            nn.init.zeros_(self.gate.weight)
         self.aux_loss: torch.Tensor | None = None
 
     # ---- fading tokens ----------------------------------------------------------------------------------
@@ -133,16 +139,20 @@ class BMojoMixer(Attention):
         if M > 0:
             f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, D)
             scores = self._scores(x, f, f_prev0, t0)
+            gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained via memory values
+            if gate is not None:
+                scores = scores + gate.detach()
+            vs_mem, g_stream = self._gated_values(vs, gate, state, t0, k_start)
             if state is not None:
                 n = t0 % C
                 mem0 = Entries(state.mem.prio, state.mem.pos, torch.arange(M, device=x.device).expand(B, M))
                 pend = Entries(state.mem.pend_prio[:, :n], state.mem.pend_pos[:, :n],
                                M + state.mem.pend_pos[:, :n] - k_start)
-                table_k, table_v = torch.cat([state.mem.k, ks], 1), torch.cat([state.mem.v, vs], 1)
+                table_k, table_v = torch.cat([state.mem.k, ks], 1), torch.cat([state.mem.v, vs_mem], 1)
             else:
                 mem0, pend = Entries.empty(B, M, x.device), Entries.empty(B, 0, x.device)
                 table_k, table_v = torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1), \
-                    torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs], 1)
+                    torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs_mem], 1)
             blocks, mem_end, pend_end = select_memory(scores, start=t0, chunk=C, mem=mem0, pending=pend,
                                                       src_offset=M + t0 - k_start, rule=self.rule,
                                                       decay=self.decay, per_chunk=self.per_chunk)
@@ -152,7 +162,7 @@ class BMojoMixer(Attention):
             mem_kw = dict(mem_k=table_k[bi, src].view(B, nb, M, *ks.shape[2:]),
                           mem_v=table_v[bi, src].view(B, nb, M, *vs.shape[2:]), mem_pos=blocks.pos)
             if return_state:
-                new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0)
+                new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0, g_stream)
         # 5. one softmax over [eidetic | fading | raw window]
         o = WINDOW_ATTN[self.impl](q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs,
                                    f_start=f_start, scale=self.scale, **mem_kw)
@@ -168,7 +178,19 @@ class BMojoMixer(Attention):
             fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * W)
         return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem)
 
-    def _memory_state(self, table_k, table_v, mem: Entries, pend: Entries, f, f_prev0) -> MemoryState:
+    def _gated_values(self, vs, gate, state, t0, k_start):
+        """Values as stored in memory: scaled by sigmoid(gate) when the selection gate is on.  The gate
+        logits of the stream (history + new tokens) are returned for the state's pending candidates."""
+        if gate is None:
+            return vs, None
+        B, n = gate.shape[0], t0 % self.chunk
+        g_hist = gate.new_zeros(B, t0 - k_start)
+        if state is not None and n:  # only the unfinished chunk's tokens can still enter the memory
+            g_hist[:, state.mem.pend_pos[0, :n] - k_start] = state.mem.pend_gate[:, :n].to(gate.dtype)
+        g_stream = torch.cat([g_hist, gate], 1)
+        return vs * torch.sigmoid(g_stream)[..., None, None], g_stream
+
+    def _memory_state(self, table_k, table_v, mem: Entries, pend: Entries, f, f_prev0, g_stream) -> MemoryState:
         B, M, C = mem.prio.shape[0], self.memory_size, self.chunk
         bi = torch.arange(B, device=table_k.device)[:, None]
         src = mem.src.clamp(min=0)
@@ -179,7 +201,12 @@ class BMojoMixer(Attention):
         f_prev = None
         if self.uses_f_prev:
             f_prev = f[:, -1] if f.shape[1] > 0 else f_prev0
-        return MemoryState(table_k[bi, src], table_v[bi, src], mem.prio, mem.pos, pend_prio, pend_pos, f_prev)
+        pend_gate = None
+        if g_stream is not None:
+            pend_gate = torch.zeros(B, C, device=table_k.device, dtype=g_stream.dtype)
+            pend_gate[:, :n] = g_stream[bi, pend.src - self.memory_size]
+        return MemoryState(table_k[bi, src], table_v[bi, src], mem.prio, mem.pos, pend_prio, pend_pos, f_prev,
+                           pend_gate)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, x_t, state):
@@ -208,7 +235,12 @@ class BMojoMixer(Attention):
             y = y + f_t
         if M > 0:  # the token joins the chunk's candidates; at the chunk's end the memory is updated
             n = i % C
-            state.mem.pend_prio[:, n] = self._score_step(x_t, f_t, state)
+            score = self._score_step(x_t, f_t, state)
+            if self.gate is not None:
+                g = self.gate(x_t)[:, 0]
+                state.mem.pend_gate[:, n] = g
+                score = score + g
+            state.mem.pend_prio[:, n] = score
             state.mem.pend_pos[:, n] = i
             if n == C - 1:
                 self._merge_step(state)
@@ -216,14 +248,20 @@ class BMojoMixer(Attention):
         return y, state
 
     def _merge_step(self, state):
-        mem, M, B = state.mem, self.memory_size, state.k.shape[0]
-        cur = Entries(mem.prio, mem.pos, torch.arange(M, device=mem.k.device).expand(B, M))
-        cand = Entries(mem.pend_prio, mem.pend_pos, M + mem.pend_pos % self.window)
+        """End of a chunk in recurrent mode: the chunk's tokens (still in the raw ring) compete with the memory."""
+        mem, M, B, C = state.mem, self.memory_size, state.k.shape[0], self.chunk
+        dev = mem.k.device
+        bi = torch.arange(B, device=dev)[:, None]
+        slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens
+        cand_k, cand_v = state.k[bi, slots], state.v[bi, slots]
+        if self.gate is not None:
+            cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
+        cur = Entries(mem.prio, mem.pos, torch.arange(M, device=dev).expand(B, M))
+        cand = Entries(mem.pend_prio, mem.pend_pos, M + torch.arange(C, device=dev).expand(B, C))
         new = memory_update(cur, cand, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
-        bi = torch.arange(B, device=mem.k.device)[:, None]
         src = new.src.clamp(min=0)
-        mem.k.copy_(torch.cat([mem.k, state.k], 1)[bi, src])
-        mem.v.copy_(torch.cat([mem.v, state.v], 1)[bi, src])
+        mem.k.copy_(torch.cat([mem.k, cand_k], 1)[bi, src])
+        mem.v.copy_(torch.cat([mem.v, cand_v], 1)[bi, src])
         mem.prio.copy_(new.prio)
         mem.pos.copy_(new.pos)
         mem.pend_prio.fill_(float("-inf"))
@@ -245,5 +283,6 @@ class BMojoMixer(Attention):
                                  torch.full((batch, C), float("-inf"), device=device),
                                  torch.full((batch, C), -1, dtype=torch.long, device=device),
                                  torch.zeros(batch, self.d_model, device=device, dtype=dtype)
-                                 if self.uses_f_prev else None)
+                                 if self.uses_f_prev else None,
+                                 torch.zeros(batch, C, device=device, dtype=dtype) if self.gate is not None else None)
         return st

@@ -5,7 +5,6 @@ Layout: x (B, T, C); weight (C, K); bias (C,); state (B, C, K-1) holds the last 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _zero_state(x: torch.Tensor, K: int) -> torch.Tensor:
@@ -29,13 +28,18 @@ def causal_conv1d_ref(x, weight, bias=None, initial_state=None, output_final_sta
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, output_final_state=False):
-    """Fast path: one grouped F.conv1d over [state | x].  Same signature and result as the reference."""
+    """Fast path: K shifted multiply-adds over [state | x] in the (B, T, C) layout (no transposes; on a CPU
+    forward + backward is faster than a grouped F.conv1d).  Same signature and result as the reference."""
+    B, T, C = x.shape
     K = weight.shape[1]
-    C = x.shape[-1]
-    hist = initial_state if initial_state is not None else _zero_state(x, K)
-    xt = torch.cat([hist.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, K-1+T)
-    y = F.conv1d(xt, weight.unsqueeze(1), bias, groups=C).transpose(1, 2)  # (B, T, C)
-    final = xt[..., xt.shape[-1] - (K - 1):].clone() if output_final_state else None
+    hist = initial_state.transpose(1, 2).to(x.dtype) if initial_state is not None else x.new_zeros(B, K - 1, C)
+    xp = torch.cat([hist, x], dim=1)  # (B, K-1+T, C)
+    y = xp[:, K - 1:] * weight[:, K - 1]
+    for k in range(K - 1):
+        y = y + xp[:, k:k + T] * weight[:, k]
+    if bias is not None:
+        y = y + bias
+    final = xp[:, T:].transpose(1, 2).contiguous() if output_final_state else None  # (B, C, K-1)
     return y, final
 
 

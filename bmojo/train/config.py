@@ -1,13 +1,9 @@
 """Training config: one typed dataclass; each field's help is its CLI help."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
-from bmojo.config import ConfigError
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+from bmojo.config import ConfigError, _f, checked_kwargs
 
 
 @dataclass
@@ -51,8 +47,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**checked_kwargs(cls, d))

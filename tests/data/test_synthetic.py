@@ -112,7 +112,7 @@ def test_passkey_depth_and_labels():
 def test_unknown_task_and_option():
     with pytest.raises(ConfigError, match="unknown task 'mqr'"):
         make_task("mqr")
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['pairs'\]"):
+    with pytest.raises(ConfigError, match=r"task 'mqar': unknown field\(s\) \['pairs'\]"):
         make_task("mqar", pairs=3)
 
 

@@ -20,6 +20,7 @@ MIXERS = {  # name -> (preset, layer index, config overrides)
     "bmojo-decay-mamba1": ("bmojo", 0, {"memory_decay": 0.7, "ssm_kind": "mamba1"}),
     "bmojo-untied-residual-noconv": ("bmojo", 0, {"tie_fading": False, "ssm_residual": True, "attn_conv": False}),
     "bmojo-C=W-M>T": ("bmojo", 0, {"chunk": W, "memory_size": 64}),
+    "bmojo-gate": ("bmojo", 0, {"selection_gate": True}),
 }
 CASES = [pytest.param(m, T, id=f"{m}-{lid}") for m in MIXERS for lid, T in LENGTHS.items()]
 
@@ -30,7 +31,7 @@ def build(name, impl="fast", seed=0):
     mixer = make_mixer(tiny(p, **kw), idx, impl)
     with torch.no_grad():  # non-trivial values everywhere (the predictor starts at zero)
         for n, prm in mixer.named_parameters():
-            if "predictor" in n or "attn_conv" in n:
+            if "predictor" in n or "attn_conv" in n or "gate" in n:
                 prm.normal_(0, 0.3)
     return mixer
 

@@ -19,7 +19,7 @@ def _randomise(m, seed=0):
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in m.named_parameters():
-            if "predictor" in n or "attn_conv" in n:
+            if "predictor" in n or "attn_conv" in n or "gate" in n:
                 p.normal_(0, 0.3)
     return m
 
@@ -56,9 +56,11 @@ def test_bmojo_f_is_one_dense_masked_softmax(T, tie):
 
 
 @pytest.mark.parametrize("T", LEN)
-@pytest.mark.parametrize("selector", ["innovation", "norm", "random", "recency"])
+@pytest.mark.parametrize("selector", ["innovation", "norm", "random", "recency", "innovation+gate"])
 def test_bmojo_matches_dense_oracle(T, selector):
-    m = _randomise(BMojoMixer(tiny("bmojo", selector=selector, ssm_residual=selector == "norm"), 0))
+    base = selector.split("+")[0]
+    m = _randomise(BMojoMixer(tiny("bmojo", selector=base, ssm_residual=base == "norm",
+                                   selection_gate=selector.endswith("gate")), 0))
     x = _x(T)
     assert_close(m(x)[0], bmojo_layer_minimal(m, x), name=f"bmojo[{selector}] vs dense")
 
