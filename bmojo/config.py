@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from bmojo.ops.selection import MEMORY_RULES, SELECTORS
 
@@ -181,11 +181,3 @@ class ModelConfig:
         d.pop("impl")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(ModelConfig)}
-
-
-def field_default(name: str):
-    f = {f.name: f for f in fields(ModelConfig)}[name]
-    return f.default if f.default is not MISSING else None
