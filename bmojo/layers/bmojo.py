@@ -93,11 +93,11 @@ class BMojoMixer(Attention):
             return position_scores(self.selector, pos, B, seed=self.layer_idx)
         f_prev = torch.cat([f_prev0[:, None].to(f.dtype), f[:, :-1]], dim=1).detach()  # (B, T, D): f_{t-1}
         u = x.detach()
-        P = self.predictor.weight if self.predictor is not None else None
+        pred = self.predictor(f_prev) if self.predictor is not None else f_prev  # P f_{t-1}, computed once
         if self.predictor is not None and self.training:
-            self.aux_loss = (u - self.predictor(f_prev)).pow(2).mean()
+            self.aux_loss = (u - pred).pow(2).mean()
         with torch.no_grad():
-            return innovation_scores(u, f_prev, P)
+            return innovation_scores(u, pred.detach())
 
     def _score_step(self, x_t, f_t, state):
         if self.selector in ("random", "recency"):
