@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 from bmojo.config import ConfigError, ModelConfig
 from bmojo.data.synthetic import TASKS

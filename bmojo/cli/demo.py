@@ -1,7 +1,6 @@
 """`bmojo demo`: train a small model on the Zen of Python (byte level) on the CPU, then generate from it."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

@@ -8,7 +8,6 @@ against decode-state bytes.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import time

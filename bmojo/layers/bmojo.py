@@ -191,7 +191,7 @@ class BMojoMixer(Attention):
         return vs * torch.sigmoid(g_stream)[..., None, None], g_stream
 
     def _memory_state(self, table_k, table_v, mem: Entries, pend: Entries, f, f_prev0, g_stream) -> MemoryState:
-        B, M, C = mem.prio.shape[0], self.memory_size, self.chunk
+        B, C = mem.prio.shape[0], self.chunk
         bi = torch.arange(B, device=table_k.device)[:, None]
         src = mem.src.clamp(min=0)
         n = pend.prio.shape[1]

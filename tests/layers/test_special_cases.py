@@ -6,7 +6,7 @@ import torch
 from bmojo.bmojo_minimal import bmojo_layer_minimal, prefix_topk_memory
 from bmojo.layers.attention import Attention
 from bmojo.layers.bmojo import BMojoMixer
-from tests.helpers import LENGTHS, W, assert_close, seeded, tiny
+from tests.helpers import LENGTHS, W, assert_close, randomise_extras, seeded, tiny
 
 LEN = [pytest.param(T, id=k) for k, T in LENGTHS.items()]
 
@@ -17,11 +17,7 @@ def _x(T, seed=1):
 
 def _randomise(m, seed=0):
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "predictor" in n or "attn_conv" in n or "gate" in n:
-                p.normal_(0, 0.3)
-    return m
+    return randomise_extras(m)
 
 
 @pytest.mark.parametrize("T", LEN)
