@@ -48,3 +48,7 @@ def randomise_extras(module, std=0.3):
             if "predictor" in n or "attn_conv" in n or "gate" in n:
                 p.normal_(0, std)
     return module
+
+
+# A language model small enough to train for a few steps in a test.
+TINY_LM = {"n_layers": 1, "n_heads": 2, "window": 8, "chunk": 4, "memory_size": 4, "ssm_head_dim": 8, "d_state": 4}

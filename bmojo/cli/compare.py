@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import typing
 from dataclasses import fields
 
-from bmojo.config import ConfigError, ModelConfig
+from bmojo.cli.common import model_overrides, parse_value
+from bmojo.config import ConfigError
 from bmojo.data.synthetic import TASKS
 from bmojo.eval.compare import CompareSpec, RunSpec, run_compare
 from bmojo.models import PRESETS
@@ -21,43 +21,6 @@ ALL = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
 DEFAULT_TASK = {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8, "query_start": 32}
 DEFAULT_MODEL = {"n_layers": 2, "window": 8, "chunk": 8, "memory_size": 16, "n_heads": 4, "ssm_head_dim": 16,
                  "selection_gate": True}
-
-
-def _parse_value(text: str, typ):
-    """Parse a command-line string into a dataclass field's type."""
-    origin = typing.get_origin(typ)
-    args = [a for a in typing.get_args(typ) if a is not type(None)]
-    if text.lower() == "none" and (origin is typing.Union or "None" in str(typ)):
-        return None
-    base = args[0] if args else typ
-    if isinstance(base, str):
-        base = {"int": int, "float": float, "bool": bool, "str": str}.get(base.split(" ")[0], str)
-    if base is bool or str(typ).startswith("bool"):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true/false, got {text!r}")
-    if typing.get_origin(base) is tuple or str(typ).startswith("tuple"):
-        return tuple(int(x) for x in text.split(",") if x)
-    for cast in (int, float):
-        if base is cast or str(typ).startswith(cast.__name__):
-            return cast(text)
-    return text
-
-
-def _model_overrides(items: list[str]) -> dict:
-    types = {f.name: f.type for f in fields(ModelConfig)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in types:
-            raise ConfigError(f"--model-opt {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
-        try:
-            out[key] = _parse_value(value, types[key])
-        except ValueError as e:
-            raise ConfigError(f"--model-opt {key}: {e}") from None
-    return out
 
 
 def _task_fields() -> dict:
@@ -106,10 +69,10 @@ def build_spec(args) -> CompareSpec:
     bad = sorted(set(task_opts) - set(types))
     if bad:
         raise ConfigError(f"task {args.task!r} has no option(s) {['--' + b.replace('_', '-') for b in bad]}")
-    task_opts = {k: _parse_value(v, types[k]) for k, v in task_opts.items()}
+    task_opts = {k: parse_value(v, types[k]) for k, v in task_opts.items()}
     if args.task == "mqar":
         task_opts = {**DEFAULT_TASK, **task_opts}
-    model = {**DEFAULT_MODEL, **_model_overrides(args.model_opt)}
+    model = {**DEFAULT_MODEL, **model_overrides(args.model_opt)}
     presets = [p for p in args.presets.split(",") if p]
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:

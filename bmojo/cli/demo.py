@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from bmojo.data.text import decode_bytes, encode_bytes, random_windows, zen_of_python
+from bmojo.data.text.tokenizer import ByteTokenizer
 from bmojo.inference import generate
 from bmojo.models import PRESETS, BMojoLM, preset
 from bmojo.train import TrainConfig, train
@@ -45,7 +46,8 @@ def run(args) -> int:
     evals = [random_windows(tokens, 16, args.seq_len, g_eval) for _ in range(2)]
     tcfg = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, warmup=20, eval_every=100, log_every=10,
                        seed=args.seed)
-    res = train(model, tcfg, batch_fn, eval_batches=evals, out_dir=args.out, desc=args.preset)
+    res = train(model, tcfg, batch_fn, eval_batches=evals, out_dir=args.out, desc=args.preset,
+                meta={"tokenizer": ByteTokenizer().to_dict()})
     print(f"trained {res.steps} steps in {res.train_seconds:.1f}s: eval loss {res.eval['loss']:.3f}, "
           f"next-byte accuracy {res.eval['acc']:.3f}", flush=True)
 

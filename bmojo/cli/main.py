@@ -9,7 +9,7 @@ from bmojo import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bmojo.cli import compare, demo
+    from bmojo.cli import compare, data, demo, eval, generate, train
 
     ap = argparse.ArgumentParser(prog="bmojo", description="B'MOJO sequence models with eidetic and fading memory, "
                                  "and the Transformer, Mamba and hybrid special cases, on equal terms.")
@@ -17,8 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log backend choices and settings")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    compare.add_parser(sub)
-    demo.add_parser(sub)
+    for cmd in (demo, compare, data, train, eval, generate):
+        cmd.add_parser(sub)
     return ap
 
 
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from bmojo.config import ConfigError
+    from bmojo.train.checkpoint import CheckpointError
 
     try:
         return args.func(args) or 0
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         print(f"bmojo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -95,26 +95,17 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
         f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()
     rows = []
-    if spec.workers > 1:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(spec.workers) as pool:
-            for row in pool.imap_unordered(_one_run, jobs):
-                rows.append(row)
-                log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
-                    f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
-    else:
-        for job in jobs:
-            rows.append(_one_run(job))
-            row = rows[-1]
-            log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
-                f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
+    for row in map_jobs(_one_run, jobs, spec.workers):
+        rows.append(row)
+        log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
+            f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
     best = {}
     for r in rows:  # best learning rate per model
         if r["label"] not in best or r["acc"] > best[r["label"]]["acc"]:
             best[r["label"]] = r
     order = [r.label for r in spec.runs]
     results = {"spec": {**asdict(spec), "runs": [asdict(r) for r in spec.runs]}, "best": [best[k] for k in order],
-               "all_runs": rows, "wall_seconds": time.perf_counter() - t0, "machine": _machine()}
+               "all_runs": rows, "wall_seconds": time.perf_counter() - t0, "machine": machine()}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     log("\n" + format_table(results["best"], spec.length_factors))
     png = plot(results["best"], out / "results.png", f"{spec.task} {spec.task_options}")
@@ -122,15 +113,29 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
     return results
 
 
+def map_jobs(fn, jobs: list, workers: int):
+    """Yield fn(job) for every job, as they finish: in `workers` spawned processes, or here if workers <= 1.
+    `fn` must be a module-level function (it is pickled by name)."""
+    if workers <= 1:
+        yield from map(fn, jobs)
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap_unordered(fn, jobs)
+
+
 def format_table(rows: list[dict], factors=()) -> str:
     head = ["model", "params", "state bytes", "lr", "acc"] + [f"acc x{k}" for k in factors] + ["steps", "train s"]
-    lines = [head]
-    for r in rows:
-        lines.append([r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}", f"{r['acc']:.3f}"]
-                     + [f"{r[f'acc_x{k}']:.3f}" for k in factors] + [str(r["steps"]), f"{r['train_seconds']:.0f}"])
+    return render_table(head, [[r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}",
+                                f"{r['acc']:.3f}"] + [f"{r[f'acc_x{k}']:.3f}" for k in factors]
+                               + [str(r["steps"]), f"{r['train_seconds']:.0f}"] for r in rows])
+
+
+def render_table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    lines = [head] + rows
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     fmt = lambda l: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths)))
-    return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in rows])
 
 
 def plot(rows: list[dict], path: Path, title: str) -> Path | None:
@@ -157,7 +162,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     return path
 
 
-def _machine() -> dict:
+def machine() -> dict:
     cpu = ""
     try:
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")

@@ -40,8 +40,10 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": groups, "n_params": len(params)}
 
 
-def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write model (+ optimizer) and meta to `path` atomically (temp folder, then rename)."""
+def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.Optimizer | None = None,
+                    files: dict[str, str] | None = None) -> Path:
+    """Write model (+ optimizer, + `files`: name -> text, e.g. a tokenizer) and meta to `path` atomically
+    (temp folder, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
@@ -53,6 +55,10 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
         tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         info["optimizer"] = opt_meta
+    for name, text in (files or {}).items():
+        if Path(name).name != name or name in ("config.json", "model.safetensors", "optimizer.safetensors"):
+            raise ValueError(f"checkpoint file name {name!r}: must be a plain file name of its own")
+        (tmp / name).write_text(text)
     (tmp / "config.json").write_text(json.dumps(info, indent=2))
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
         with open(f, "rb") as fh:

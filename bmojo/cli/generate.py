@@ -1,0 +1,67 @@
+"""`bmojo generate`: continue a prompt with a trained checkpoint, streaming the text as it is produced."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from bmojo.config import ConfigError
+from bmojo.data.text.tokenizer import load_tokenizer
+from bmojo.inference import generate
+from bmojo.train.checkpoint import load_checkpoint
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from a checkpoint (streamed)", description=__doc__,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train` or `bmojo demo`")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=run)
+
+
+class StreamDecoder:
+    """Writes the text of a growing token list as soon as it decodes to whole characters."""
+
+    def __init__(self, tok, prompt_ids: list[int], out=sys.stdout):
+        self.tok, self.ids, self.out = tok, list(prompt_ids), out
+        self.written = len(tok.decode(self.ids))
+        self.start = len(self.ids)
+
+    def push(self, token: int) -> None:
+        self.ids.append(int(token))
+        text = self.tok.decode(self.ids)
+        stable = len(text.rstrip("\ufffd"))  # a character still being spelled out byte by byte
+        if stable > self.written:
+            self.out.write(text[self.written:stable])
+            self.out.flush()
+            self.written = stable
+
+    def finish(self) -> str:
+        text = self.tok.decode(self.ids)
+        self.out.write(text[self.written:] + "\n")
+        self.out.flush()
+        return self.tok.decode(self.ids[self.start:])
+
+
+def run(args) -> int:
+    model, meta = load_checkpoint(args.checkpoint)
+    if "tokenizer" not in meta:
+        raise ConfigError(f"{args.checkpoint}: the checkpoint has no tokenizer (trained on a synthetic task?)")
+    tok = load_tokenizer(meta["tokenizer"], meta["_path"])
+    ids = tok.encode(args.prompt).tolist()
+    if not ids:
+        raise ConfigError("--prompt: must not be empty")
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens={args.max_new_tokens}: must be >= 0")
+    stream = StreamDecoder(tok, ids)
+    sys.stdout.write(args.prompt)
+    generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]))
+    stream.finish()
+    return 0

@@ -1,0 +1,197 @@
+"""Prepared corpora: documents split by name into train/val/test, tokenized into memory-mapped token files.
+
+A prepared corpus is a folder `ROOT/CORPUS/TOKENIZER/` (e.g. `data/stdlib/byte`, `data/shakespeare/bpe4096`):
+    manifest.json     source, licence, tokenizer, split sizes and SHA-256s, every document's split and offset
+    {train,val,test}.bin  the split's documents as token ids, each preceded by the separator id 0
+    tokenizer.json    (BPE only) the tokenizer, trained on the training split alone
+Splits are decided per document from a hash of its name (and the seed), so they are disjoint and the same on
+every machine; the folder is written to a temporary name and renamed, so a crash leaves no half corpus.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bmojo.config import ConfigError
+from bmojo.data.text.sources import BUILTIN, Source, path_source, read_documents
+from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
+
+FORMAT, VERSION = "bmojo-corpus", 1
+SPLITS = ("train", "val", "test")
+DEFAULT_ROOT = "data"
+
+
+def assign_splits(names: list[str], val_frac: float = 0.05, test_frac: float = 0.05, seed: int = 0) -> dict:
+    """name -> split.  Documents are ranked by SHA-256 of (seed, name); the first test_frac go to test, the next
+    val_frac to val (at least one each), the rest to train."""
+    if len(set(names)) != len(names):
+        raise ConfigError("document names must be unique")
+    if len(names) < 3:
+        raise ConfigError(f"need at least 3 documents to split into train/val/test, got {len(names)}")
+    for field, v in (("val_frac", val_frac), ("test_frac", test_frac)):
+        if not 0 < v < 0.5:
+            raise ConfigError(f"{field}={v}: must be in (0, 0.5)")
+    order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}\0{n}".encode()).hexdigest())
+    n_test = max(1, round(len(names) * test_frac))
+    n_val = max(1, round(len(names) * val_frac))
+    return {n: ("test" if i < n_test else "val" if i < n_test + n_val else "train") for i, n in enumerate(order)}
+
+
+def split_pieces(name: str, text: str, pieces: int) -> list[tuple[str, str]]:
+    """One long text -> `pieces` documents cut at line ends (for a corpus of one or two files)."""
+    lines = text.splitlines(keepends=True)
+    per = max(1, -(-len(lines) // pieces))
+    return [(f"{name}#{i // per}", "".join(lines[i:i + per])) for i in range(0, len(lines), per)]
+
+
+def corpus_tag(corpus: str) -> str:
+    if corpus in BUILTIN:
+        return corpus
+    path = Path(corpus).resolve()
+    return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def tokenizer_tag(tokenizer: str, vocab_size: int) -> str:
+    if tokenizer == "byte":
+        return "byte"
+    if tokenizer == "bpe":
+        return f"bpe{vocab_size}"
+    raise ConfigError(f"--tokenizer {tokenizer!r}: expected 'byte' or 'bpe'")
+
+
+def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, root: str | Path = DEFAULT_ROOT,
+            val_frac: float = 0.05, test_frac: float = 0.05, seed: int = 0, min_bytes: int = 16,
+            strict: bool = False, source: str | None = None, force: bool = False, log=print) -> Path:
+    """Prepare `corpus` (a built-in name or a path) and return its folder; an identical prepared corpus is reused."""
+    out = Path(root) / corpus_tag(corpus) / tokenizer_tag(tokenizer, vocab_size)
+    settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": seed, "min_bytes": min_bytes}
+    if not force and (out / "manifest.json").is_file():
+        try:
+            old = TokenCorpus(out)
+            if old.manifest["settings"] == settings:
+                log(f"{out}: already prepared ({old.summary()}); --force to redo")
+                return out
+        except ConfigError:
+            pass  # unreadable: prepare it again
+    src = _source(corpus, source, Path(root))
+    t0 = time.perf_counter()
+    log(f"reading {src.description}")
+    docs, skipped = read_documents(src, min_bytes=min_bytes, strict=strict)
+    if not docs:
+        raise ConfigError(f"--corpus {corpus}: no usable documents (skipped {skipped.summary()})")
+    if len(docs) < 3:
+        docs = [piece for name, text in docs for piece in split_pieces(name, text, 20)]
+    log(f"  {len(docs)} documents, {sum(len(t) for _, t in docs):,} characters; skipped {skipped.summary()}")
+    splits = assign_splits([n for n, _ in docs], val_frac, test_frac, seed)
+    if tokenizer == "byte":
+        tok: Tokenizer = ByteTokenizer()
+    else:
+        log(f"  training a byte-level BPE tokenizer (vocab {vocab_size}) on the training split")
+        tok = BPETokenizer.train([t for n, t in docs if splits[n] == "train"], vocab_size)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok.save(tmp)
+    manifest = {"format": FORMAT, "version": VERSION, "corpus": src.name, "source": src.info,
+                "description": src.description, "licence": src.licence, "tokenizer": tok.to_dict(),
+                "settings": settings, "dtype": _dtype(tok.vocab_size), "skipped": skipped.to_dict(),
+                "splits": {}, "documents": []}
+    for split in SPLITS:
+        names_texts = [(n, t) for n, t in docs if splits[n] == split]
+        ids = tok.encode_batch([t for _, t in names_texts]) if isinstance(tok, BPETokenizer) else \
+            [tok.encode(t) for _, t in names_texts]
+        stream, offset = [], 0
+        for (name, _), doc in zip(names_texts, ids):
+            stream += [np.array([tok.sep_id]), doc]
+            manifest["documents"].append({"name": name, "split": split, "offset": offset + 1, "tokens": len(doc)})
+            offset += len(doc) + 1
+        arr = np.concatenate(stream).astype(manifest["dtype"])
+        arr.tofile(tmp / f"{split}.bin")
+        manifest["splits"][split] = {"file": f"{split}.bin", "documents": len(names_texts), "tokens": int(arr.size),
+                                     "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+        log(f"  {split}: {len(names_texts)} documents, {arr.size:,} tokens")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+class TokenCorpus:
+    """A prepared corpus: `tokens(split)` is a read-only memory map; `document(split, i)` one document's ids."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        file = self.folder / "manifest.json"
+        if not file.is_file():
+            raise ConfigError(f"{self.folder}: no manifest.json; not a prepared corpus (run `bmojo data prepare`)")
+        try:
+            m = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: not valid JSON ({e})") from None
+        if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
+            raise ConfigError(f"{file}: not a {FORMAT} v{VERSION} manifest")
+        self.manifest = m
+        self.dtype = np.dtype(m["dtype"])
+        for split, info in m["splits"].items():
+            path = self.folder / info["file"]
+            size = path.stat().st_size if path.is_file() else -1
+            if size != info["tokens"] * self.dtype.itemsize:
+                raise ConfigError(f"{path}: {size} bytes, the manifest says {info['tokens']} tokens of {self.dtype}; "
+                                  "re-run `bmojo data prepare --force`")
+        self._tok = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tok is None:
+            self._tok = load_tokenizer(self.manifest["tokenizer"], self.folder)
+        return self._tok
+
+    def tokens(self, split: str) -> np.ndarray:
+        if split not in self.manifest["splits"]:
+            raise ConfigError(f"split {split!r}: expected one of {list(self.manifest['splits'])}")
+        return np.memmap(self.folder / self.manifest["splits"][split]["file"], dtype=self.dtype, mode="r")
+
+    def documents(self, split: str) -> list[dict]:
+        return [d for d in self.manifest["documents"] if d["split"] == split]
+
+    def document(self, split: str, i: int) -> np.ndarray:
+        d = self.documents(split)[i]
+        return self.tokens(split)[d["offset"]:d["offset"] + d["tokens"]]
+
+    def verify(self) -> None:
+        """Check every split's SHA-256 against the manifest."""
+        for split, info in self.manifest["splits"].items():
+            digest = hashlib.sha256(np.asarray(self.tokens(split)).tobytes()).hexdigest()
+            if digest != info["sha256"]:
+                raise ConfigError(f"{self.folder / info['file']}: SHA-256 does not match the manifest (corrupt?)")
+
+    def summary(self) -> str:
+        s = self.manifest["splits"]
+        return ", ".join(f"{k} {v['documents']} docs / {v['tokens']:,} tokens" for k, v in s.items())
+
+
+def open_corpus(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, root: str | Path = DEFAULT_ROOT,
+                log=print, **prepare_kw) -> TokenCorpus:
+    """A prepared corpus folder, or a built-in name / user path prepared on first use."""
+    if (Path(corpus) / "manifest.json").is_file():
+        return TokenCorpus(corpus)
+    return TokenCorpus(prepare(corpus, tokenizer=tokenizer, vocab_size=vocab_size, root=root, log=log, **prepare_kw))
+
+
+def _source(corpus: str, source: str | None, root: Path) -> Source:
+    if corpus == "shakespeare":
+        return BUILTIN[corpus](source, cache=root / "_sources")
+    if source is not None:
+        raise ConfigError(f"--source applies to --corpus shakespeare only, not {corpus!r}")
+    return BUILTIN[corpus]() if corpus in BUILTIN else path_source(corpus)
+
+
+def _dtype(vocab_size: int) -> str:
+    return "uint8" if vocab_size <= 256 else "uint16" if vocab_size <= 65536 else "uint32"
