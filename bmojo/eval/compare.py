@@ -94,11 +94,8 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
     log(f"compare: {len(spec.runs)} models x {len(spec.lrs)} learning rates = {len(jobs)} runs on {spec.task} "
         f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()
-    rows = []
-    for row in map_jobs(_one_run, jobs, spec.workers):
-        rows.append(row)
-        log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['label']} lr={row['lr']:g}: "
-            f"acc {row['acc']:.3f} after {row['steps']} steps ({row['train_seconds']:.0f}s)")
+    rows = run_jobs(_one_run, jobs, spec.workers, log, lambda r: f"{r['label']} lr={r['lr']:g}: acc {r['acc']:.3f} "
+                    f"after {r['steps']} steps ({r['train_seconds']:.0f}s)")
     best = {}
     for r in rows:  # best learning rate per model
         if r["label"] not in best or r["acc"] > best[r["label"]]["acc"]:
@@ -113,14 +110,23 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
     return results
 
 
-def map_jobs(fn, jobs: list, workers: int):
-    """Yield fn(job) for every job, as they finish: in `workers` spawned processes, or here if workers <= 1.
-    `fn` must be a module-level function (it is pickled by name)."""
+def run_jobs(fn, jobs: list, workers: int, log, describe) -> list:
+    """[fn(job) for job in jobs] in `workers` spawned processes (here if workers <= 1), logging a line per result
+    as it finishes; results come back in the order they finish.  `fn` must be a module-level function."""
+    t0, rows = time.perf_counter(), []
     if workers <= 1:
-        yield from map(fn, jobs)
-        return
-    with mp.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap_unordered(fn, jobs)
+        results = map(fn, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(fn, jobs)
+    try:
+        for row in results:
+            rows.append(row)
+            log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {describe(row)}")
+    finally:
+        if workers > 1:
+            pool.terminate()
+    return rows
 
 
 def format_table(rows: list[dict], factors=()) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from bmojo.data.text.corpus import TokenCorpus
-from bmojo.eval.compare import machine, map_jobs, render_table
+from bmojo.eval.compare import machine, render_table, run_jobs
 from bmojo.eval.ppl import binned, eval_regions, length_eval, plot_position_loss
 from bmojo.train.config import TrainConfig
 from bmojo.train.lm import LMSpec, train_lm
@@ -79,11 +79,8 @@ def run_lm_compare(spec: LMCompareSpec, log=print) -> dict:
     log(f"lm_compare: {len(spec.presets)} models x {len(spec.corpora)} corpora, {spec.steps} steps of "
         f"{spec.batch_size}x{spec.seq_len} tokens, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()
-    rows = []
-    for row in map_jobs(_one_run, jobs, spec.workers):
-        rows.append(row)
-        log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {row['corpus']} {row['preset']}: "
-            + ", ".join(f"ppl x{k} {row[f'x{k}']['ppl']:.3f}" for k in spec.factors))
+    rows = run_jobs(_one_run, jobs, spec.workers, log, lambda r: f"{r['corpus']} {r['preset']}: " + ", ".join(
+        f"ppl x{k} {r[f'x{k}']['ppl']:.3f}" for k in spec.factors))
     order = {(c, p): i for i, (_, c, p) in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["corpus"], r["preset"])])
     results = {"spec": asdict(spec), "rows": rows, "wall_seconds": time.perf_counter() - t0, "machine": machine()}

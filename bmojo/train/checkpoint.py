@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from bmojo.config import ModelConfig
+from bmojo.utils.jsonfile import read_json
 
 FORMAT, VERSION = "bmojo-checkpoint", 1
 
@@ -80,14 +81,9 @@ def read_meta(path: str | Path) -> dict:
         else:
             raise CheckpointError(f"{path}: no checkpoint folder here")
     cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: config.json is missing; not a bmojo checkpoint")
-    try:
-        info = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_file}: format is {info.get('format') if isinstance(info, dict) else None!r}, "
+    info = read_json(cfg_file, CheckpointError, "bmojo checkpoint")
+    if info.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_file}: format is {info.get('format')!r}, "
                               f"expected {FORMAT!r} (a checkpoint of another tool?)")
     if info.get("version") != VERSION:
         raise CheckpointError(f"{cfg_file}: checkpoint version {info.get('version')!r}, this bmojo reads {VERSION}")

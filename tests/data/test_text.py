@@ -217,7 +217,7 @@ def test_corrupt_corpus_is_detected(tmp_path):
     with pytest.raises(ConfigError, match="not a bmojo-corpus"):
         TokenCorpus(folder)
     shutil.rmtree(folder)
-    with pytest.raises(ConfigError, match="no manifest.json"):
+    with pytest.raises(ConfigError, match="manifest.json: missing"):
         TokenCorpus(folder)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from bmojo.config import ConfigError
 from bmojo.data.text.sources import BUILTIN, Source, path_source, read_documents
 from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
+from bmojo.utils.jsonfile import read_json
 
 FORMAT, VERSION = "bmojo-corpus", 1
 SPLITS = ("train", "val", "test")
@@ -129,13 +130,8 @@ class TokenCorpus:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         file = self.folder / "manifest.json"
-        if not file.is_file():
-            raise ConfigError(f"{self.folder}: no manifest.json; not a prepared corpus (run `bmojo data prepare`)")
-        try:
-            m = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{file}: not valid JSON ({e})") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
+        m = read_json(file, ConfigError, "prepared corpus (run `bmojo data prepare`)")
+        if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise ConfigError(f"{file}: not a {FORMAT} v{VERSION} manifest")
         self.manifest = m
         self.dtype = np.dtype(m["dtype"])
