@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
         tok: Tokenizer = ByteTokenizer()
     else:
         log(f"  training a byte-level BPE tokenizer (vocab {vocab_size}) on the training split")
-        tok = BPETokenizer.train([t for n, t in docs if splits[n] == "train"], vocab_size)
+        tok = BPETokenizer.train([t for n, t in docs if splits[n] == "train"], vocab_size, progress=sys.stderr.isatty())
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
