@@ -16,7 +16,7 @@ LAYER_KINDS = {
     "B": "B'MOJO: window + fading tokens + eidetic memory",
 }
 SSM_KINDS = ("mamba1", "mamba2")
-IMPLS = ("ref", "fast", "auto")
+IMPLS = ("ref", "fast", "fused", "auto")
 
 
 class ConfigError(ValueError):
@@ -78,8 +78,9 @@ class ModelConfig:
     norm_eps: float = _f(1e-5, "RMSNorm epsilon")
     tie_embeddings: bool = _f(True, "LM head shares the embedding matrix")
     init_std: float = _f(0.02, "std of the normal init of linear and embedding weights")
-    impl: str = _f("auto", f"op backend, one of {IMPLS}: ref = sequential references, fast = chunked/fused "
-                           "paths, auto = fast")
+    impl: str = _f("auto", f"op backend, one of {IMPLS}: ref = sequential references, fast = chunked PyTorch "
+                           "paths, fused = fast plus compiled kernels (the C++ CPU mamba1 scan, built on first use; "
+                           "PyTorch where one cannot be built), auto = fused")
 
     # ---- derived -------------------------------------------------------------------------------------
     @property

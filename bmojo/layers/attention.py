@@ -14,8 +14,8 @@ from bmojo.ops.attention import attend, causal_attention, window_attention, wind
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.rope import apply_rope, rope_cos_sin
 
-WINDOW_ATTN = {"ref": window_attention_ref, "fast": window_attention}
-CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d}
+WINDOW_ATTN = {"ref": window_attention_ref, "fast": window_attention, "fused": window_attention}
+CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d}
 
 
 @dataclass
@@ -137,7 +137,7 @@ class Attention(nn.Module):
         cos, sin = self._rope(t0, T, x.device, x.dtype)
         q, k, v = self._qkv(a, cos, sin)
         ks, vs, start = self._raw_stream(k, v, state, t0)
-        if self.window is None and self.impl == "fast":
+        if self.window is None and self.impl != "ref":
             o = causal_attention(q, ks, vs, scale=self.scale)
         else:  # the windowed op with W >= T is exactly full causal attention
             W = self.window if self.window is not None else t0 + T

@@ -19,7 +19,7 @@ _logged_impls: set[str] = set()
 
 def resolve_impl(impl: str) -> str:
     """`auto` -> the fastest path available here.  Resolved once per model and logged once per process."""
-    resolved = "fast" if impl == "auto" else impl
+    resolved = "fused" if impl == "auto" else impl
     if impl not in _logged_impls:
         log.info("bmojo: impl=%s resolved to %s", impl, resolved)
         _logged_impls.add(impl)

@@ -19,9 +19,12 @@ def ids_of(T, B=2, seed=1):
     return torch.randint(0, V, (B, T), generator=seeded(seed))
 
 
+FUSED_LEN = [pytest.param(p, T, id=f"fused-{p}-{k}") for p in ("mamba", "bmojo") for k, T in LENGTHS.items()]
+
+
 @pytest.mark.parametrize("name,T", PRESET_LEN)
-def test_fast_matches_reference_logits_and_gradients(name, T):
-    fast, ref = model(name, "fast"), model(name, "ref")
+def test_fast_matches_reference_logits_and_gradients(name, T, impl="fast", **kw):
+    fast, ref = model(name, impl, **kw), model(name, "ref", **kw)
     ref.load_state_dict(fast.state_dict())
     ids = ids_of(T)
     res = {}
@@ -33,6 +36,12 @@ def test_fast_matches_reference_logits_and_gradients(name, T):
         res[tag] = [out.logits] + [p.grad for p in m.parameters()]
     names = ["logits"] + [n for n, _ in fast.named_parameters()]
     assert_grads_close(res["fast"], res["ref"], names)
+
+
+@pytest.mark.parametrize("name,T", FUSED_LEN)
+def test_fused_matches_reference_logits_and_gradients(name, T):
+    """impl=fused (the C++ mamba1 scan) with mamba1 layers, alone and inside B'MOJO."""
+    test_fast_matches_reference_logits_and_gradients(name, T, impl="fused", ssm_kind="mamba1")
 
 
 @pytest.mark.parametrize("name,T", PRESET_LEN)

@@ -1,0 +1,79 @@
+"""The fused CPU selective scan (Mamba-1): a C++ extension compiled on first use (`csrc/selective_scan.cpp`).
+
+`selective_scan_fused` has the reference's signature.  It runs the C++ kernels for float32 CPU tensors: the
+forward walks T once per (row, channel block) and keeps the state every `chunk` steps; the backward recomputes
+each chunk's states from there (never B x T x E x N).  `available()` compiles the extension (about a minute,
+once per machine; torch caches it) and says whether that worked; if it did not, callers use the PyTorch fast
+path in `bmojo.ops.scan`.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+log = logging.getLogger("bmojo")
+SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
+FLAGS = ["-O3", "-march=native", "-ffast-math"]
+_ext = None
+_error: str | None = None
+
+
+def available() -> bool:
+    """Compile (once) and load the extension; False, with the reason in `error()`, if that is impossible."""
+    global _ext, _error
+    if _ext is None and _error is None:
+        if shutil.which("c++") is None and shutil.which("g++") is None:
+            _error = "no C++ compiler on PATH"
+        else:
+            try:
+                from torch.utils.cpp_extension import load
+
+                _ext = load(name="bmojo_selective_scan", sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=False)
+            except Exception as e:  # compiler missing or broken, ninja missing, headers missing: all mean "no"
+                _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        if _error:
+            log.warning("bmojo: the fused CPU scan is unavailable (%s); using the PyTorch fast path "
+                        "(it needs a C++ compiler and `pip install ninja`)", _error)
+    return _ext is not None
+
+
+def error() -> str | None:
+    return _error
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, chunk):
+        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk)
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, dt, A, B, C, ckpt)
+        return y, h_last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gh):
+        x, dt, A, B, C, ckpt = ctx.saved_tensors
+        gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
+        gh = gh.contiguous() if gh is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk)
+        return gx, gdt, gA, gB, gC, gh0, None
+
+
+def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
+    """The reference's signature; C++ kernels for float32 CPU tensors, the PyTorch fast path otherwise."""
+    Bsz, T, E = x.shape
+    use_ext = available() and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in (x, dt, A, B, C))
+    if not use_ext or T == 0:
+        from bmojo.ops.scan import selective_scan
+
+        return selective_scan(x, dt, A, B, C, D, initial_state, output_final_state)
+    h0 = initial_state if initial_state is not None else x.new_zeros(Bsz, E, A.shape[1])
+    y, h = _FusedScan.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
+                            h0.float().contiguous(), chunk)
+    if D is not None:
+        y = y + x * D
+    return y, (h if output_final_state else None)

@@ -1,0 +1,61 @@
+"""The fused C++ CPU selective scan equals the sequential reference, forward and every gradient, for odd
+shapes (T not a multiple of the chunk, E not a multiple of the channel block), with and without carried
+state; it saves chunk states only; other dtypes fall back to the PyTorch path.  Where a C++ compiler exists
+the extension must build: a silent fallback there would hide a broken kernel."""
+import shutil
+
+import pytest
+import torch
+
+from bmojo.ops import scan_cpu
+from bmojo.ops.scan import selective_scan_ref
+from tests.helpers import seeded
+from tests.ops.test_scans import _compare, _run, _saved_numel
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the fused scan falls back to PyTorch")
+
+
+def _inputs(Bsz, T, E, N, dtype=torch.float32, seed=1):
+    g = seeded(seed)
+    ts = [torch.randn(Bsz, T, E, generator=g), torch.rand(Bsz, T, E, generator=g) + 0.05,
+          -torch.rand(E, N, generator=g) - 0.3, torch.randn(Bsz, T, N, generator=g),
+          torch.randn(Bsz, T, N, generator=g), torch.randn(E, generator=g), torch.randn(Bsz, E, N, generator=g)]
+    return [t.to(dtype).requires_grad_() for t in ts]
+
+
+def test_extension_builds():
+    assert scan_cpu.available(), scan_cpu.error()
+
+
+@pytest.mark.parametrize("Bsz,T,E,N,chunk", [
+    pytest.param(1, 1, 3, 4, 64, id="B1-T1-E3"), pytest.param(2, 37, 20, 5, 8, id="B2-T37-E20-K8"),
+    pytest.param(3, 130, 33, 16, 64, id="B3-T130-E33-K64"), pytest.param(2, 64, 16, 16, 16, id="B2-T64-E16-K16")])
+def test_fused_matches_reference(Bsz, T, E, N, chunk):
+    inputs = _inputs(Bsz, T, E, N)
+    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
+    _compare(_run(scan_cpu.selective_scan_fused, inputs, {"chunk": chunk}),
+             _run(selective_scan_ref, inputs, {}), names)
+
+
+def test_fused_without_state_and_final_state():
+    x, dt, A, B, C, D, _ = _inputs(2, 21, 18, 4)
+    y1, h1 = scan_cpu.selective_scan_fused(x, dt, A, B, C, D, chunk=8)
+    y2, _ = selective_scan_ref(x, dt, A, B, C, D)
+    g1 = torch.autograd.grad(y1.sum(), (x, dt, A, B, C))
+    g2 = torch.autograd.grad(y2.sum(), (x, dt, A, B, C))
+    assert h1 is None
+    _compare([y1, *g1], [y2, *g2], ["y", "dx", "ddt", "dA", "dB", "dC"])
+
+
+def test_fused_saves_chunk_states_only():
+    Bsz, T, E, N = 1, 128, 16, 8
+    x, dt, A, B, C, _, _ = _inputs(Bsz, T, E, N)
+    saved = _saved_numel(scan_cpu.selective_scan_fused, x, dt, A, B, C, chunk=32)
+    assert saved < 2 * Bsz * T * E + 2 * Bsz * T * N + E * N + Bsz * (T // 32) * E * N + 1, saved
+
+
+def test_float64_falls_back_exactly():
+    inputs = _inputs(2, 19, 5, 3, dtype=torch.float64)
+    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
+    _compare(_run(scan_cpu.selective_scan_fused, inputs, {}), _run(selective_scan_ref, inputs, {}), names)
