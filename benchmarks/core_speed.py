@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -25,53 +21,8 @@ from bmojo import preset
 from bmojo.layers.bmojo import BMojoMixer
 from bmojo.ops.scan import selective_scan, selective_scan_ref
 from bmojo.ops.ssd import ssd_chunked, ssd_ref
-from bmojo.utils.runtime import tune_cpu_allocator
-
-
-def timeit(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def fwd_bwd(fn, inputs):
-    def run():
-        for x in inputs:
-            x.grad = None
-        y, _ = fn()
-        y.sum().backward()
-    return run
-
-
-def scan_inputs(kind, B, T, E, N, P, g):
-    if kind == "mamba1":
-        t = [torch.randn(B, T, E, generator=g), torch.rand(B, T, E, generator=g) * 0.1 + 0.01,
-             -torch.rand(E, N, generator=g) - 0.5, torch.randn(B, T, N, generator=g), torch.randn(B, T, N, generator=g),
-             torch.randn(E, generator=g)]
-    else:
-        H = E // P
-        t = [torch.randn(B, T, H, P, generator=g), torch.rand(B, T, H, generator=g) * 0.1 + 0.01,
-             -torch.rand(H, generator=g) - 0.5, torch.randn(B, T, 1, N, generator=g),
-             torch.randn(B, T, 1, N, generator=g), torch.randn(H, generator=g)]
-    return [x.requires_grad_() for x in t]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+from bmojo.bench.timing import fwd_bwd, scan_inputs, timeit
+from bmojo.utils.runtime import machine, tune_cpu_allocator
 
 
 def main():

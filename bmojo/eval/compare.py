@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from bmojo.data.synthetic import batch_stream, make_task
 from bmojo.models import BMojoLM, size_to_params
 from bmojo.train import TrainConfig, evaluate, train
+from bmojo.utils.runtime import machine
 
 
 @dataclass
@@ -166,12 +166,3 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}

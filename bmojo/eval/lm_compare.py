@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from bmojo.data.text.corpus import TokenCorpus
-from bmojo.eval.compare import machine, render_table, run_jobs
+from bmojo.eval.compare import render_table, run_jobs
 from bmojo.eval.ppl import binned, eval_regions, length_eval, plot_position_loss
 from bmojo.train.config import TrainConfig
 from bmojo.train.lm import LMSpec, train_lm
+from bmojo.utils.runtime import machine
 
 PRESETS = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
 

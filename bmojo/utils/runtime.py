@@ -34,3 +34,22 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     _done = ok
     log.info("bmojo: glibc malloc thresholds raised (mmap %d, trim %d): %s", mmap_threshold, trim_threshold, ok)
     return ok
+
+
+def machine() -> dict:
+    """What the numbers were measured on: CPU model, cores, torch threads and versions."""
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out

@@ -1,0 +1,224 @@
+"""The measurements of `bmojo bench`.  Each suite returns {"rows": [...], "ratios": {...}} measured in this run.
+
+- scan: the mamba1 selective scan (fused C++, chunked PyTorch, sequential reference, mambapy's parallel scan
+  when installed) and the mamba2 chunked SSD at equal width, forward + backward; and the whole Mamba mixer
+  against HF transformers' MambaMixer torch path when transformers is installed.
+- attention: sliding-window attention on CPU, forward (prefill): our chunked op, SDPA with a band mask, and
+  flex_attention with a block mask (compiled, forward only on CPU).
+- train: training tokens/s (forward + backward + AdamW) of every preset at a matched parameter count, and the
+  peak memory a step adds.
+- decode: per-token latency and decode-state bytes after a prefill of 1k, 8k and 32k tokens.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bmojo.bench.timing import fwd_bwd, peak_extra_bytes, scan_inputs, timeit
+from bmojo.models import BMojoLM, size_to_params
+from bmojo.ops import scan_cpu
+from bmojo.ops.attention import window_attention
+from bmojo.ops.scan import selective_scan, selective_scan_ref
+from bmojo.ops.ssd import ssd_chunked
+
+PRESETS = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
+# the model family at a matched size for the train and decode suites (as in benchmarks/lm_compare.py)
+MODEL = {"n_layers": 4, "n_heads": 4, "window": 64, "chunk": 32, "memory_size": 32, "ssm_head_dim": 32}
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def scan_suite(quick: bool, log=print) -> dict:
+    B, T, E, N, P = (2, 256, 64, 8, 32) if quick else (8, 2048, 256, 16, 64)
+    g = torch.Generator().manual_seed(0)
+    inp = scan_inputs("mamba1", B, T, E, N, P, g)
+    impls = {"mamba1 fused (C++)": lambda: scan_cpu.selective_scan_fused(*inp),
+             "mamba1 chunked (PyTorch)": lambda: selective_scan(*inp),
+             "mamba1 sequential reference": lambda: selective_scan_ref(*inp)}
+    if _has("mambapy"):
+        from mambapy.mamba import MambaBlock
+
+        impls["mambapy parallel scan"] = lambda: (MambaBlock.selective_scan(None, *inp), None)
+    if not scan_cpu.available():
+        impls.pop("mamba1 fused (C++)")
+        log(f"  (fused scan unavailable: {scan_cpu.error()})")
+    inp2 = scan_inputs("mamba2", B, T, E, N, P, g)
+    impls["mamba2 chunked SSD (same width)"] = lambda: ssd_chunked(*inp2)
+    rows = []
+    for name, fn in impls.items():
+        inputs = inp2 if name.startswith("mamba2") else inp
+        sec = timeit(fwd_bwd(fn, inputs), repeats=2 if "reference" in name else 3)
+        rows.append({"name": name, "seconds": sec, "tokens_per_s": B * T / sec})
+        log(f"  {name:34s} {sec * 1e3:9.1f} ms  {B * T / sec:10.0f} tok/s")
+    t = {r["name"]: r["seconds"] for r in rows}
+    fused = t.get("mamba1 fused (C++)", t["mamba1 chunked (PyTorch)"])
+    ratios = {"fused_over_reference": t["mamba1 sequential reference"] / fused,
+              "mamba2_over_fused_time": t["mamba2 chunked SSD (same width)"] / fused}
+    if "mambapy parallel scan" in t:
+        ratios["fused_over_mambapy"] = t["mambapy parallel scan"] / fused
+    rows += _hf_mixer_rows(quick, log)
+    if any(r["name"].startswith("HF") for r in rows):
+        hf = next(r for r in rows if r["name"].startswith("HF"))
+        ours = next(r for r in rows if r["name"].startswith("bmojo Mamba1Mixer"))
+        ratios["bmojo_mixer_over_hf_mixer"] = hf["seconds"] / ours["seconds"]
+    return {"sizes": {"B": B, "T": T, "E": E, "N": N, "P": P}, "rows": rows, "ratios": ratios}
+
+
+def _hf_mixer_rows(quick: bool, log) -> list[dict]:
+    """Our Mamba1Mixer (fused) against HF's MambaMixer torch path, same sizes and weights layout."""
+    if not _has("transformers"):
+        return []
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    from bmojo import preset
+    from bmojo.layers.ssm import Mamba1Mixer
+
+    B, T, D = (2, 256, 32) if quick else (8, 2048, 128)
+    hf = MambaMixer(MambaConfig(hidden_size=D, state_size=16, expand=2, conv_kernel=4, use_mambapy=False), 0)
+    ours = Mamba1Mixer(preset("mamba", d_model=D, d_state=16, expand=2, d_conv=4, impl="fused"), "fused")
+    x = torch.randn(B, T, D, requires_grad=True)
+    rows = []
+    for name, fn in ((f"bmojo Mamba1Mixer (fused), D={D}", lambda: (ours(x)[0], None)),
+                     (f"HF MambaMixer torch path, D={D}", lambda: (hf.slow_forward(x), None))):
+        sec = timeit(fwd_bwd(fn, [x]), repeats=2)
+        rows.append({"name": name, "seconds": sec, "tokens_per_s": B * T / sec})
+        log(f"  {name:34s} {sec * 1e3:9.1f} ms  {B * T / sec:10.0f} tok/s")
+    return rows
+
+
+def attention_suite(quick: bool, log=print) -> dict:
+    """Sliding-window attention forward, (B, T, H, Dh) = (4, T, 4, 32), W = 64."""
+    B, H, Dh, W = 4, 4, 32, 64
+    lengths = (512,) if quick else (2048, 8192)
+    rows = []
+    for T in lengths:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, T, H, Dh, generator=g) for _ in range(3))
+        fns = {"chunked (bmojo)": lambda: window_attention(q, k, v, W, chunk=W),
+               "SDPA + band mask": _sdpa_band(q, k, v, W)}
+        flex = _flex_band(q, k, v, W, log)
+        if flex is not None:
+            fns["flex_attention (compiled)"] = flex
+        with torch.no_grad():
+            for name, fn in fns.items():
+                sec = timeit(fn, repeats=3)
+                rows.append({"name": name, "T": T, "seconds": sec, "tokens_per_s": B * T / sec})
+                log(f"  T={T:5d} {name:28s} {sec * 1e3:9.1f} ms  {B * T / sec:10.0f} tok/s")
+    ratios = {}
+    for T in lengths:
+        t = {r["name"]: r["seconds"] for r in rows if r["T"] == T}
+        for other in t:
+            if other != "chunked (bmojo)":
+                ratios[f"chunked_over_{other.split()[0].lower()}_T{T}"] = t[other] / t["chunked (bmojo)"]
+    return {"sizes": {"B": B, "H": H, "Dh": Dh, "W": W}, "rows": rows, "ratios": ratios}
+
+
+def _sdpa_band(q, k, v, W):
+    T = q.shape[1]
+    i = torch.arange(T)
+    mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < W)
+    return lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  attn_mask=mask).transpose(1, 2)
+
+
+def _flex_band(q, k, v, W, log):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    T = q.shape[1]
+
+    def band(b, h, qi, ki):
+        return (qi >= ki) & (qi - ki < W)
+
+    try:
+        mask = create_block_mask(band, None, None, T, T, device="cpu")
+        fn = torch.compile(flex_attention, dynamic=False)
+        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fn(qh, kh, vh, block_mask=mask)
+        log(f"  (flex_attention compiled for T={T} in {time.perf_counter() - t0:.0f}s)")
+    except Exception as e:  # compile needs a working C++ toolchain; report and go on without it
+        log(f"  (flex_attention unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return None
+    return lambda: fn(qh, kh, vh, block_mask=mask)
+
+
+def _model(name: str, params: int, max_len: int) -> BMojoLM:
+    torch.manual_seed(0)
+    return BMojoLM(size_to_params(name, params, vocab_size=256, max_seq_len=max_len, **MODEL))
+
+
+def train_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
+    """tokens/s of forward + backward + AdamW at T in (512, 2048, 8192), 8192 tokens per step."""
+    lengths, tokens = ((128, 512), 1024) if quick else ((512, 2048, 8192), 8192)
+    rows = []
+    for name in presets:
+        model = _model(name, params, max(lengths))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for T in lengths:
+            ids = torch.randint(0, 256, (max(1, tokens // T), T + 1), generator=torch.Generator().manual_seed(T))
+
+            def step():
+                out = model(ids[:, :-1])
+                loss = F.cross_entropy(out.logits.flatten(0, 1), ids[:, 1:].flatten())
+                (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            sec = timeit(step, repeats=2)
+            peak = peak_extra_bytes(step)
+            rows.append({"preset": name, "T": T, "batch": ids.shape[0], "params": model.num_params(), "seconds": sec,
+                         "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak})
+            log(f"  {name:12s} T={T:5d} B={ids.shape[0]:2d}: {ids[:, :-1].numel() / sec:8.0f} tok/s, step peak "
+                f"{(peak or 0) / 2**20:7.1f} MiB")
+    ratios = {}
+    tps = {(r["preset"], r["T"]): r["tokens_per_s"] for r in rows}
+    for T in lengths:
+        if ("bmojo", T) in tps and ("transformer", T) in tps:
+            ratios[f"bmojo_over_transformer_tokens_per_s_T{T}"] = tps[("bmojo", T)] / tps[("transformer", T)]
+    return {"sizes": {"params": params, "tokens_per_step": tokens, "lengths": list(lengths)}, "rows": rows,
+            "ratios": ratios}
+
+
+@torch.no_grad()
+def decode_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
+    """Per-token decode latency (median of 32 steps) after a prefill of each context length."""
+    contexts = (256, 1024) if quick else (1024, 8192, 32768)
+    rows = []
+    for name in presets:
+        model = _model(name, params, max(contexts) + 64).eval()
+        for ctx in contexts:
+            ids = torch.randint(0, 256, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+            state = model.init_state(1, capacity=ctx + 64)
+            t0 = time.perf_counter()
+            for s in range(0, ctx, 4096):  # prefill in segments (bounded memory for every preset)
+                state = model(ids[:, s:s + 4096], state, return_state=True).state
+            prefill = time.perf_counter() - t0
+            tok = ids[:, -1]
+            times = []
+            for _ in range(40):
+                t = time.perf_counter()
+                logits, state = model.step(tok, state)
+                times.append(time.perf_counter() - t)
+                tok = logits.argmax(-1)
+            lat = sorted(times[8:])[len(times[8:]) // 2]
+            rows.append({"preset": name, "context": ctx, "latency_s": lat, "state_bytes": state.nbytes(),
+                         "prefill_tokens_per_s": ctx / prefill})
+            log(f"  {name:12s} context {ctx:6d}: {lat * 1e3:7.2f} ms/token, state {state.nbytes():>12,} bytes, "
+                f"prefill {ctx / prefill:8.0f} tok/s")
+    ratios = {}
+    lo, hi = min(contexts), max(contexts)
+    lat = {(r["preset"], r["context"]): r for r in rows}
+    for name in presets:
+        ratios[f"{name}_latency_{hi}_over_{lo}"] = lat[(name, hi)]["latency_s"] / lat[(name, lo)]["latency_s"]
+        ratios[f"{name}_state_bytes_{hi}_over_{lo}"] = lat[(name, hi)]["state_bytes"] / lat[(name, lo)]["state_bytes"]
+    return {"sizes": {"params": params, "contexts": list(contexts)}, "rows": rows, "ratios": ratios}
+

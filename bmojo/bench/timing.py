@@ -1,0 +1,72 @@
+"""Timing and memory measurement helpers shared by `bmojo bench` and benchmarks/."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import statistics
+import time
+
+import torch
+
+
+def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall seconds of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def fwd_bwd(fn, inputs):
+    """A closure running fn() -> (y, _) and y.sum().backward(), clearing the inputs' grads first."""
+    def run():
+        for x in inputs:
+            x.grad = None
+        y, _ = fn()
+        y.sum().backward()
+    return run
+
+
+def scan_inputs(kind: str, B: int, T: int, E: int, N: int, P: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Inputs of a mamba1 scan (x, dt, A, B, C, D) or a mamba2 SSD (heads of width P), requiring grad."""
+    if kind == "mamba1":
+        t = [torch.randn(B, T, E, generator=g), torch.rand(B, T, E, generator=g) * 0.1 + 0.01,
+             -torch.rand(E, N, generator=g) - 0.5, torch.randn(B, T, N, generator=g), torch.randn(B, T, N, generator=g),
+             torch.randn(E, generator=g)]
+    else:
+        H = E // P
+        t = [torch.randn(B, T, H, P, generator=g), torch.rand(B, T, H, generator=g) * 0.1 + 0.01,
+             -torch.rand(H, generator=g) - 0.5, torch.randn(B, T, 1, N, generator=g),
+             torch.randn(B, T, 1, N, generator=g), torch.randn(H, generator=g)]
+    return [x.requires_grad_() for x in t]
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_extra_bytes(fn) -> int | None:
+    """Peak resident memory that fn() adds above what is live before it (Linux: resets the process's peak
+    RSS through /proc/self/clear_refs after returning freed heap to the OS).  None where unsupported."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except (OSError, AttributeError):
+        return None
+    before = _status_kb("VmRSS")
+    fn()
+    peak = _status_kb("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before) * 1024
