@@ -30,8 +30,10 @@ def available() -> bool:
             _error = "no C++ compiler on PATH"
         else:
             try:
-                from torch.utils.cpp_extension import load
+                from torch.utils.cpp_extension import get_default_build_root, load
 
+                if not list(Path(get_default_build_root()).glob("*/bmojo_selective_scan/*.so")):
+                    log.warning("bmojo: compiling the fused CPU scan (once per machine, about a minute)")
                 _ext = load(name="bmojo_selective_scan", sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=False)
             except Exception as e:  # compiler missing or broken, ninja missing, headers missing: all mean "no"
                 _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
