@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from bmojo.config import ModelConfig
 from bmojo.layers.norm import GatedRMSNorm
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_step
+from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.scan import selective_scan, selective_scan_ref, selective_scan_step
 from bmojo.ops.scan_cpu import selective_scan_fused
 from bmojo.ops.ssd import ssd_chunked, ssd_ref, ssd_step
 
-CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d}
+CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d_fused}
 SCAN = {"ref": selective_scan_ref, "fast": selective_scan, "fused": selective_scan_fused}
 SSD = {"ref": ssd_ref, "fast": ssd_chunked, "fused": ssd_chunked}
 

@@ -51,3 +51,13 @@ def causal_conv1d_step(x_t, state, weight, bias=None):
         y_t = y_t + bias
     state.copy_(window[..., 1:])
     return y_t
+
+
+def causal_conv1d_fused(x, weight, bias=None, initial_state=None, output_final_state=False):
+    """causal-conv1d's CUDA kernel when installed and no initial state is given; the fast path otherwise."""
+    if x.is_cuda and initial_state is None:
+        from bmojo.ops import cuda
+
+        if cuda.has("causal_conv1d"):
+            return cuda.causal_conv1d_cuda(x, weight, bias, None, output_final_state)
+    return causal_conv1d(x, weight, bias, initial_state, output_final_state)
