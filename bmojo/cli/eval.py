@@ -25,13 +25,13 @@ def add_parser(sub) -> None:
     q = esub.add_parser("ppl", help="perplexity and bits per byte at 1x..16x the training length",
                         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train`")
-    q.add_argument("--corpus", default=None, help="prepared corpus folder (default: the one it was trained on)")
+    q.add_argument("--corpus", default=None, help="prepared corpus folder; if not given, the one it was trained on")
     q.add_argument("--split", default="test", choices=["train", "val", "test"])
     q.add_argument("--factors", default="1,2,4,8,16", help="context lengths as multiples of the training length")
     q.add_argument("--context", type=int, default=None, help="one context length in tokens instead of --factors")
     q.add_argument("--regions", type=int, default=16, help="evaluation regions (of the longest context) to score")
     q.add_argument("--segment", type=int, default=4096, help="stream contexts longer than this many tokens")
-    q.add_argument("--out", default=None, help="folder for eval.json and the plot (default CHECKPOINT/../eval)")
+    q.add_argument("--out", default=None, help="folder for eval.json and the plot; if not given, CHECKPOINT/../eval")
     q.set_defaults(func=run_ppl)
 
 
