@@ -1,0 +1,40 @@
+"""`bmojo bench` plumbing (the suites themselves are timed runs, kept out of the test suite): targets are
+checked against the ratios of the run, memory peaks are measured, bad suite names are refused."""
+import sys
+
+import pytest
+import torch
+
+from bmojo.bench.run import TARGETS, check_targets
+from bmojo.bench.timing import peak_extra_bytes, timeit
+from bmojo.cli.main import main
+
+
+def test_check_targets_uses_this_runs_ratios():
+    results = {"suites": {"scan": {"ratios": {"fused_over_reference": 12.0, "fused_over_mambapy": 2.0}},
+                          "decode": {"ratios": {"bmojo_state_bytes_32768_over_1024": 1.0}}}}
+    got = {t["ratio"]: t["met"] for t in check_targets(results)}
+    assert got["fused_over_reference"] is True and got["fused_over_mambapy"] is False
+    assert got["bmojo_state_bytes_32768_over_1024"] is True
+    assert got["bmojo_over_transformer_tokens_per_s_T2048"] is None  # not measured: neither met nor failed
+    assert len(got) == len(TARGETS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc is Linux only")
+def test_peak_extra_bytes_sees_a_temporary_allocation():
+    def work():
+        t = torch.ones(16 * 2**20)  # 64 MiB, freed on return
+        return t.sum()
+
+    peak = peak_extra_bytes(work)
+    assert peak is not None and peak >= 60 * 2**20
+
+
+def test_timeit_is_a_median():
+    calls = []
+    assert timeit(lambda: calls.append(1), repeats=3, warmup=2) >= 0 and len(calls) == 5
+
+
+def test_unknown_suite_exits_2(capsys):
+    assert main(["bench", "--suites", "scan,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
