@@ -190,30 +190,35 @@ def train_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print
 
 @torch.no_grad()
 def decode_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
-    """Per-token decode latency (median of 32 steps) after a prefill of each context length."""
+    """Per-token decode latency after a prefill of each context length.  The contexts are timed in interleaved
+    rounds (8 steps each, 6 rounds, median), so a slow spell of the machine does not land on one context."""
     contexts = (256, 1024) if quick else (1024, 8192, 32768)
     rows = []
     for name in presets:
         model = _model(name, params, max(contexts) + 64).eval()
+        states, prefill, tok = {}, {}, {}
         for ctx in contexts:
             ids = torch.randint(0, 256, (1, ctx), generator=torch.Generator().manual_seed(ctx))
             state = model.init_state(1, capacity=ctx + 64)
             t0 = time.perf_counter()
             for s in range(0, ctx, 4096):  # prefill in segments (bounded memory for every preset)
                 state = model(ids[:, s:s + 4096], state, return_state=True).state
-            prefill = time.perf_counter() - t0
-            tok = ids[:, -1]
-            times = []
-            for _ in range(40):
-                t = time.perf_counter()
-                logits, state = model.step(tok, state)
-                times.append(time.perf_counter() - t)
-                tok = logits.argmax(-1)
-            lat = sorted(times[8:])[len(times[8:]) // 2]
-            rows.append({"preset": name, "context": ctx, "latency_s": lat, "state_bytes": state.nbytes(),
-                         "prefill_tokens_per_s": ctx / prefill})
-            log(f"  {name:12s} context {ctx:6d}: {lat * 1e3:7.2f} ms/token, state {state.nbytes():>12,} bytes, "
-                f"prefill {ctx / prefill:8.0f} tok/s")
+            prefill[ctx], states[ctx], tok[ctx] = time.perf_counter() - t0, state, ids[:, -1]
+        times = {ctx: [] for ctx in contexts}
+        for _ in range(6):
+            for ctx in contexts:
+                for _ in range(8):
+                    t = time.perf_counter()
+                    logits, states[ctx] = model.step(tok[ctx], states[ctx])
+                    times[ctx].append(time.perf_counter() - t)
+                    tok[ctx] = logits.argmax(-1)
+        for ctx in contexts:
+            lat = sorted(times[ctx][8:])[len(times[ctx][8:]) // 2]  # the first round warms up
+            nbytes = states[ctx].nbytes()
+            rows.append({"preset": name, "context": ctx, "latency_s": lat, "state_bytes": nbytes,
+                         "prefill_tokens_per_s": ctx / prefill[ctx]})
+            log(f"  {name:12s} context {ctx:6d}: {lat * 1e3:7.2f} ms/token, state {nbytes:>12,} bytes, "
+                f"prefill {ctx / prefill[ctx]:8.0f} tok/s")
     ratios = {}
     lo, hi = min(contexts), max(contexts)
     lat = {(r["preset"], r["context"]): r for r in rows}
