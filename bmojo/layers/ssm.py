@@ -14,12 +14,12 @@ from bmojo.layers.norm import GatedRMSNorm
 from bmojo.layers.state import LayerState, check_call
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.scan import selective_scan, selective_scan_ref, selective_scan_step
-from bmojo.ops.scan_cpu import selective_scan_fused
+from bmojo.ops.scan_cpu import selective_scan_fused, ssd_fused
 from bmojo.ops.ssd import ssd_chunked, ssd_ref, ssd_step
 
 CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d_fused}
 SCAN = {"ref": selective_scan_ref, "fast": selective_scan, "fused": selective_scan_fused}
-SSD = {"ref": ssd_ref, "fast": ssd_chunked, "fused": ssd_chunked}
+SSD = {"ref": ssd_ref, "fast": ssd_chunked, "fused": ssd_fused}
 
 
 @dataclass
@@ -133,7 +133,7 @@ class Mamba2Mixer(_SSMBase):
         z, xBC, dt = self._split(self.in_proj(x))
         xBC, conv_state = self._conv(xBC, state, return_state)
         xs, B, C, dt, A = self._ssm_inputs(F.silu(xBC), dt)
-        kw = {"chunk": self.chunk} if self.impl != "ref" else {}
+        kw = {"chunk": self.chunk} if self.impl == "fast" else {}
         y, h = SSD[self.impl](xs.view(Bsz, T, self.n_heads, self.head_dim), dt, A,
                               B.view(Bsz, T, self.n_groups, self.d_state), C.view(Bsz, T, self.n_groups, self.d_state),
                               self.D, state.h if state is not None else None, return_state, **kw)

@@ -49,9 +49,9 @@ def error() -> str | None:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, chunk):
-        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk)
-        ctx.chunk = chunk
+    def forward(ctx, x, dt, A, B, C, h0, chunk, scalar_decay=False):
+        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay)
+        ctx.chunk, ctx.scalar_decay = chunk, scalar_decay
         ctx.save_for_backward(x, dt, A, B, C, ckpt)
         return y, h_last
 
@@ -61,8 +61,8 @@ class _FusedScan(torch.autograd.Function):
         x, dt, A, B, C, ckpt = ctx.saved_tensors
         gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
         gh = gh.contiguous() if gh is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
-        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk)
-        return gx, gdt, gA, gB, gC, gh0, None
+        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk, ctx.scalar_decay)
+        return gx, gdt, gA, gB, gC, gh0, None, None
 
 
 def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
@@ -85,3 +85,32 @@ def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_fina
     if D is not None:
         y = y + x * D
     return y, (h if output_final_state else None)
+
+
+def ssd_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
+    """Mamba-2 (SSD) through the fused scan: a head's scalar decay is the mamba1 decay of each of its P channels
+    (A_h repeated over channels and states), and each head group runs as one scan over its channels.
+    `ssd_ref`'s signature and shapes: x (B, T, H, P); dt (B, T, H); A (H,); B, C (B, T, G, N); D (H,)."""
+    Bsz, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    use_ext = available() and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in (x, dt, A, B, C))
+    if not use_ext or T == 0:
+        from bmojo.ops.ssd import ssd_chunked
+
+        return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state)
+    Hg = H // G
+    h0 = initial_state if initial_state is not None else x.new_zeros(Bsz, H, P, N)
+    ys, hs = [], []
+    for g in range(G):
+        heads = slice(g * Hg, (g + 1) * Hg)
+        xe = x[:, :, heads].reshape(Bsz, T, Hg * P)  # (B, T, E) with channel e = head * P + p
+        dte = dt[:, :, heads, None].expand(Bsz, T, Hg, P).reshape(Bsz, T, Hg * P)
+        Ae = A[heads, None, None].expand(Hg, P, N).reshape(Hg * P, N)
+        y, h = _FusedScan.apply(xe.contiguous(), dte.contiguous(), Ae.contiguous(), B[:, :, g].contiguous(),
+                                C[:, :, g].contiguous(), h0[:, heads].reshape(Bsz, Hg * P, N).contiguous(), chunk, True)
+        ys.append(y.view(Bsz, T, Hg, P))
+        hs.append(h.view(Bsz, Hg, P, N))
+    y = torch.cat(ys, dim=2) if G > 1 else ys[0]
+    if D is not None:
+        y = y + x * D[:, None]
+    return y, (torch.cat(hs, dim=1) if G > 1 else hs[0]) if output_final_state else None

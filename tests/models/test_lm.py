@@ -19,7 +19,9 @@ def ids_of(T, B=2, seed=1):
     return torch.randint(0, V, (B, T), generator=seeded(seed))
 
 
-FUSED_LEN = [pytest.param(p, T, id=f"fused-{p}-{k}") for p in ("mamba", "bmojo") for k, T in LENGTHS.items()]
+FUSED_LEN = [pytest.param(p, T, kind, id=f"fused-{p}-{kind}-{k}") for p, kind in
+             (("mamba", "mamba1"), ("bmojo", "mamba1"), ("bmojo", "mamba2"), ("hybrid", "mamba2"))
+             for k, T in LENGTHS.items()]
 
 
 @pytest.mark.parametrize("name,T", PRESET_LEN)
@@ -38,10 +40,10 @@ def test_fast_matches_reference_logits_and_gradients(name, T, impl="fast", **kw)
     assert_grads_close(res["fast"], res["ref"], names)
 
 
-@pytest.mark.parametrize("name,T", FUSED_LEN)
-def test_fused_matches_reference_logits_and_gradients(name, T):
-    """impl=fused (the C++ mamba1 scan) with mamba1 layers, alone and inside B'MOJO."""
-    test_fast_matches_reference_logits_and_gradients(name, T, impl="fused", ssm_kind="mamba1")
+@pytest.mark.parametrize("name,T,kind", FUSED_LEN)
+def test_fused_matches_reference_logits_and_gradients(name, T, kind):
+    """impl=fused (the C++ scan, for mamba1 and mamba2 layers), alone, in a hybrid and inside B'MOJO."""
+    test_fast_matches_reference_logits_and_gradients(name, T, impl="fused", ssm_kind=kind)
 
 
 @pytest.mark.parametrize("name,T", PRESET_LEN)

@@ -59,3 +59,20 @@ def test_float64_falls_back_exactly():
     inputs = _inputs(2, 19, 5, 3, dtype=torch.float64)
     names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
     _compare(_run(scan_cpu.selective_scan_fused, inputs, {}), _run(selective_scan_ref, inputs, {}), names)
+
+
+@pytest.mark.parametrize("Bsz,T,H,P,G,N", [pytest.param(1, 1, 2, 4, 1, 4, id="T1"),
+                                           pytest.param(2, 37, 4, 8, 2, 5, id="T37-G2"),
+                                           pytest.param(2, 70, 3, 16, 1, 16, id="T70-H3")])
+def test_ssd_fused_matches_reference(Bsz, T, H, P, G, N):
+    from bmojo.ops.ssd import ssd_ref
+
+    g = seeded(3)
+    inputs = [torch.randn(Bsz, T, H, P, generator=g), torch.rand(Bsz, T, H, generator=g) + 0.05,
+              -torch.rand(H, generator=g) - 0.3, torch.randn(Bsz, T, G, N, generator=g),
+              torch.randn(Bsz, T, G, N, generator=g), torch.randn(H, generator=g),
+              torch.randn(Bsz, H, P, N, generator=g)]
+    for t in inputs:
+        t.requires_grad_()
+    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
+    _compare(_run(scan_cpu.ssd_fused, inputs, {}), _run(ssd_ref, inputs, {}), names)

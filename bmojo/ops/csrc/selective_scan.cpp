@@ -87,14 +87,17 @@ inline void scatter(float* __restrict__ dst, const float* __restrict__ src, int6
 }
 
 // One step of the recurrence for the block: h <- exp(dt A) h + u B_t (dA kept in da when given); y = h . C_t.
-template <int64_t NS>
+// SCALAR: A is the same for every state of a channel (Mamba-2's one decay per head), so exp runs once per lane.
+template <int64_t NS, bool SCALAR>
 inline void step_block(int64_t N, const Block& k, const float* __restrict__ At, const float* __restrict__ Bt,
                        const float* __restrict__ Ct, const float* __restrict__ hp, float* __restrict__ hn,
                        float* __restrict__ da, float* __restrict__ y) {
-  float acc[EB] = {};
+  float acc[EB] = {}, a0[EB];
+  if constexpr (SCALAR)
+    for (int64_t j = 0; j < EB; ++j) a0[j] = fast_exp(k.dt[j] * At[j]);
   for (int64_t n = 0; n < (NS > 0 ? NS : N); ++n) {
     for (int64_t j = 0; j < EB; ++j) {
-      const float a = fast_exp(k.dt[j] * At[n * EB + j]);
+      const float a = SCALAR ? a0[j] : fast_exp(k.dt[j] * At[n * EB + j]);
       if (da != nullptr) da[n * EB + j] = a;
       hn[n * EB + j] = a * hp[n * EB + j] + k.u[j] * Bt[n];
       acc[j] += hn[n * EB + j] * Ct[n];
@@ -104,7 +107,7 @@ inline void step_block(int64_t N, const Block& k, const float* __restrict__ At, 
 }
 
 // One forward task: batch row b, channels e0 .. e0+ne-1.  NS > 0 fixes the state size at compile time.
-template <int64_t NS>
+template <int64_t NS, bool SCALAR>
 void fwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __restrict__ px,
               const float* __restrict__ pdt, const float* __restrict__ pA, const float* __restrict__ pB,
               const float* __restrict__ pC, const float* __restrict__ ph0, float* __restrict__ py,
@@ -118,25 +121,28 @@ void fwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
     if (t % K == 0) scatter(pck + ((b * d.n_chunks + t / K) * E + e0) * N, h, ne, N);
     const int64_t row = (b * T + t) * E + e0;
     load_block(k, pdt, px, nullptr, row, ne);
-    step_block<NS>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, h, h, nullptr, y);
+    step_block<NS, SCALAR>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, h, h, nullptr, y);
     std::copy_n(y, ne, py + row);
   }
   scatter(phT + (b * E + e0) * N, h, ne, N);
 }
 
+// f(state size (0 = any), scalar decay) with both known at compile time
 template <typename F>
-void dispatch_n(int64_t N, F&& f) {
-  switch (N) {
-    case 16: f(std::integral_constant<int64_t, 16>{}); break;
-    case 8: f(std::integral_constant<int64_t, 8>{}); break;
-    case 4: f(std::integral_constant<int64_t, 4>{}); break;
-    default: f(std::integral_constant<int64_t, 0>{});
-  }
+void dispatch(int64_t N, bool scalar, F&& f) {
+  auto with_n = [&](auto sc) {
+    switch (N) {
+      case 16: f(std::integral_constant<int64_t, 16>{}, sc); break;
+      case 8: f(std::integral_constant<int64_t, 8>{}, sc); break;
+      default: f(std::integral_constant<int64_t, 0>{}, sc);
+    }
+  };
+  if (scalar) with_n(std::true_type{}); else with_n(std::false_type{});
 }
 
 // -> (y (B, T, E), h_T (B, E, N), checkpoints (B, n_chunks, E, N): the state before each K-step chunk)
 std::vector<torch::Tensor> scan_fwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
-                                    torch::Tensor Cm, torch::Tensor h0, int64_t K) {
+                                    torch::Tensor Cm, torch::Tensor h0, int64_t K, bool scalar_decay) {
   check(x, "x", 3); check(dt, "dt", 3); check(A, "A", 2); check(Bm, "B", 3); check(Cm, "C", 3); check(h0, "h0", 3);
   TORCH_CHECK(K > 0, "chunk must be > 0");
   const Dims d = dims_of(x, A, K);
@@ -146,12 +152,12 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor x, torch::Tensor dt, torch::Te
   const float *px = x.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = A.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *ph0 = h0.data_ptr<float>();
   float *py = y.data_ptr<float>(), *phT = hT.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
-  dispatch_n(d.N, [&](auto ns) {
+  dispatch(d.N, scalar_decay, [&](auto ns, auto sc) {
     at::parallel_for(0, d.B * d.n_blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> h(EB * d.N), At(EB * d.N);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / d.n_blocks, e0 = (task % d.n_blocks) * EB, ne = std::min(EB, d.E - e0);
-        fwd_task<decltype(ns)::value>(d, b, e0, ne, px, pdt, pA, pB, pC, ph0, py, phT, pck, h.data(), At.data());
+        fwd_task<decltype(ns)::value, decltype(sc)::value>(d, b, e0, ne, px, pdt, pA, pB, pC, ph0, py, phT, pck, h.data(), At.data());
       }
     });
   });
@@ -159,7 +165,7 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor x, torch::Tensor dt, torch::Te
 }
 
 // One backward task (same split as the forward).  gB_me, gC_me, gA_me are this thread's partial sums.
-template <int64_t NS>
+template <int64_t NS, bool SCALAR>
 void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __restrict__ px,
               const float* __restrict__ pdt, const float* __restrict__ pA, const float* __restrict__ pB,
               const float* __restrict__ pC, const float* __restrict__ pck, const float* __restrict__ pgy,
@@ -179,7 +185,7 @@ void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
     for (int64_t l = 0; l < L; ++l) {
       const int64_t t = t0 + l;
       load_block(k, pdt, px, nullptr, (b * T + t) * E + e0, ne);
-      step_block<NS>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, hs + l * S, hs + (l + 1) * S,
+      step_block<NS, SCALAR>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, hs + l * S, hs + (l + 1) * S,
                      dAs + l * S, nullptr);
     }
     // 2. walk it backwards; G holds dL/dh_t from the steps after t
@@ -224,7 +230,7 @@ void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
 // -> (gx, gdt, gA, gB, gC, gh0)
 std::vector<torch::Tensor> scan_bwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
                                     torch::Tensor Cm, torch::Tensor ckpt, torch::Tensor gy, torch::Tensor ghT,
-                                    int64_t K) {
+                                    int64_t K, bool scalar_decay) {
   check(gy, "grad y", 3); check(ghT, "grad h_T", 3); check(ckpt, "checkpoints", 4);
   const Dims d = dims_of(x, A, K);
   const int64_t E = d.E, N = d.N, T = d.T;
@@ -239,13 +245,13 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor x, torch::Tensor dt, torch::Te
   const float *pgy = gy.data_ptr<float>(), *pghT = ghT.data_ptr<float>();
   float *pgx = gx.data_ptr<float>(), *pgdt = gdt.data_ptr<float>(), *pgh0 = gh0.data_ptr<float>();
   float *pgB = gB_t.data_ptr<float>(), *pgC = gC_t.data_ptr<float>(), *pgA = gA_t.data_ptr<float>();
-  dispatch_n(N, [&](auto ns) {
+  dispatch(N, scalar_decay, [&](auto ns, auto sc) {
     at::parallel_for(0, d.B * d.n_blocks, 1, [&](int64_t begin, int64_t end) {
       const int64_t tid = at::get_thread_num();
       std::vector<float> hs((K + 1) * EB * N), dAs(K * EB * N), G(EB * N), At(EB * N), gA(EB * N);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / d.n_blocks, e0 = (task % d.n_blocks) * EB, ne = std::min(EB, E - e0);
-        bwd_task<decltype(ns)::value>(d, b, e0, ne, px, pdt, pA, pB, pC, pck, pgy, pghT, pgx, pgdt, pgh0,
+        bwd_task<decltype(ns)::value, decltype(sc)::value>(d, b, e0, ne, px, pdt, pA, pB, pC, pck, pgy, pghT, pgx, pgdt, pgh0,
                                       pgB + tid * d.B * T * N, pgC + tid * d.B * T * N, pgA + tid * E * N,
                                       hs.data(), dAs.data(), G.data(), At.data(), gA.data());
       }
