@@ -10,7 +10,8 @@ import torch
 from bmojo.ops import scan_cpu
 from bmojo.ops.scan import selective_scan_ref
 from tests.helpers import seeded
-from tests.ops.test_scans import _compare, _run, _saved_numel
+from bmojo.ops.ssd import ssd_ref
+from tests.ops.test_scans import NAMES, _compare, _run, _saved_numel, ssd_inputs
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler: the fused scan falls back to PyTorch")
@@ -33,9 +34,8 @@ def test_extension_builds():
     pytest.param(3, 130, 33, 16, 64, id="B3-T130-E33-K64"), pytest.param(2, 64, 16, 16, 16, id="B2-T64-E16-K16")])
 def test_fused_matches_reference(Bsz, T, E, N, chunk):
     inputs = _inputs(Bsz, T, E, N)
-    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
     _compare(_run(scan_cpu.selective_scan_fused, inputs, {"chunk": chunk}),
-             _run(selective_scan_ref, inputs, {}), names)
+             _run(selective_scan_ref, inputs, {}), NAMES)
 
 
 def test_fused_without_state_and_final_state():
@@ -57,22 +57,12 @@ def test_fused_saves_chunk_states_only():
 
 def test_float64_falls_back_exactly():
     inputs = _inputs(2, 19, 5, 3, dtype=torch.float64)
-    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
-    _compare(_run(scan_cpu.selective_scan_fused, inputs, {}), _run(selective_scan_ref, inputs, {}), names)
+    _compare(_run(scan_cpu.selective_scan_fused, inputs, {}), _run(selective_scan_ref, inputs, {}), NAMES)
 
 
 @pytest.mark.parametrize("Bsz,T,H,P,G,N", [pytest.param(1, 1, 2, 4, 1, 4, id="T1"),
                                            pytest.param(2, 37, 4, 8, 2, 5, id="T37-G2"),
                                            pytest.param(2, 70, 3, 16, 1, 16, id="T70-H3")])
 def test_ssd_fused_matches_reference(Bsz, T, H, P, G, N):
-    from bmojo.ops.ssd import ssd_ref
-
-    g = seeded(3)
-    inputs = [torch.randn(Bsz, T, H, P, generator=g), torch.rand(Bsz, T, H, generator=g) + 0.05,
-              -torch.rand(H, generator=g) - 0.3, torch.randn(Bsz, T, G, N, generator=g),
-              torch.randn(Bsz, T, G, N, generator=g), torch.randn(H, generator=g),
-              torch.randn(Bsz, H, P, N, generator=g)]
-    for t in inputs:
-        t.requires_grad_()
-    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
-    _compare(_run(scan_cpu.ssd_fused, inputs, {}), _run(ssd_ref, inputs, {}), names)
+    inputs = ssd_inputs(Bsz, T, H, P, G, N, seed=3)
+    _compare(_run(scan_cpu.ssd_fused, inputs, {}), _run(ssd_ref, inputs, {}), NAMES)

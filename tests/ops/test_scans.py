@@ -21,6 +21,19 @@ def _run(fn, inputs, kw):
     return [y, h] + [t.grad.clone() for t in inputs]
 
 
+NAMES = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
+
+
+def ssd_inputs(Bsz, T, H, P, G, N, seed):
+    """x, dt, A, B, C, D, h0 of a mamba2 scan, requiring grad."""
+    g = seeded(seed)
+    inputs = [torch.randn(Bsz, T, H, P, generator=g), torch.rand(Bsz, T, H, generator=g) + 0.05,
+              -torch.rand(H, generator=g) - 0.3, torch.randn(Bsz, T, G, N, generator=g),
+              torch.randn(Bsz, T, G, N, generator=g), torch.randn(H, generator=g),
+              torch.randn(Bsz, H, P, N, generator=g)]
+    return [t.requires_grad_() for t in inputs]
+
+
 def _compare(fast, ref, names):
     for a, b, n in zip(fast, ref, names):
         assert_close(a, b, rtol=1e-5, name=n)
@@ -42,16 +55,8 @@ def test_mamba1_fast_matches_reference(Bsz, T, L):
 @pytest.mark.parametrize("Bsz,T,L", CASES)
 @pytest.mark.parametrize("G", [1, 2])
 def test_ssd_chunked_matches_reference(Bsz, T, L, G):
-    g = seeded(2)
-    H, P, N = 4, 3, 5
-    inputs = [torch.randn(Bsz, T, H, P, generator=g), torch.rand(Bsz, T, H, generator=g) + 0.05,
-              -torch.rand(H, generator=g) - 0.3, torch.randn(Bsz, T, G, N, generator=g),
-              torch.randn(Bsz, T, G, N, generator=g), torch.randn(H, generator=g),
-              torch.randn(Bsz, H, P, N, generator=g)]
-    for t in inputs:
-        t.requires_grad_()
-    names = ["y", "h_T", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
-    _compare(_run(ssd_chunked, inputs, {"chunk": L}), _run(ssd_ref, inputs, {}), names)
+    inputs = ssd_inputs(Bsz, T, 4, 3, G, 5, seed=2)
+    _compare(_run(ssd_chunked, inputs, {"chunk": L}), _run(ssd_ref, inputs, {}), NAMES)
 
 
 @pytest.mark.parametrize("T", [1, 3, 9, 33])
