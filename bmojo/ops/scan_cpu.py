@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 log = logging.getLogger("bmojo")
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-FLAGS = ["-O3", "-march=native", "-ffast-math"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]  # -fopenmp: at::parallel_for is serial without it
 _ext = None
 _error: str | None = None
 
@@ -49,9 +49,9 @@ def error() -> str | None:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, chunk, scalar_decay=False):
-        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay)
-        ctx.chunk, ctx.scalar_decay = chunk, scalar_decay
+    def forward(ctx, x, dt, A, B, C, h0, chunk, scalar_decay=False, P=1):
+        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay, P)
+        ctx.chunk, ctx.scalar_decay, ctx.P = chunk, scalar_decay, P
         ctx.save_for_backward(x, dt, A, B, C, ckpt)
         return y, h_last
 
@@ -61,8 +61,10 @@ class _FusedScan(torch.autograd.Function):
         x, dt, A, B, C, ckpt = ctx.saved_tensors
         gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
         gh = gh.contiguous() if gh is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
-        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk, ctx.scalar_decay)
-        return gx, gdt, gA, gB, gC, gh0, None, None
+        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk, ctx.scalar_decay, ctx.P)
+        if ctx.P > 1:  # (B, T, E) -> (B, T, E / P): channels sharing a dt add their gradients
+            gdt = gdt.view(*dt.shape, ctx.P).sum(-1)
+        return gx, gdt, gA, gB, gC, gh0, None, None, None
 
 
 def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
@@ -104,10 +106,11 @@ def ssd_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=Fal
     for g in range(G):
         heads = slice(g * Hg, (g + 1) * Hg)
         xe = x[:, :, heads].reshape(Bsz, T, Hg * P)  # (B, T, E) with channel e = head * P + p
-        dte = dt[:, :, heads, None].expand(Bsz, T, Hg, P).reshape(Bsz, T, Hg * P)
+        dth = dt[:, :, heads]  # (B, T, Hg): one dt per head, read by its P channels inside the kernel
         Ae = A[heads, None, None].expand(Hg, P, N).reshape(Hg * P, N)
-        y, h = _FusedScan.apply(xe.contiguous(), dte.contiguous(), Ae.contiguous(), B[:, :, g].contiguous(),
-                                C[:, :, g].contiguous(), h0[:, heads].reshape(Bsz, Hg * P, N).contiguous(), chunk, True)
+        y, h = _FusedScan.apply(xe.contiguous(), dth.contiguous(), Ae.contiguous(), B[:, :, g].contiguous(),
+                                C[:, :, g].contiguous(), h0[:, heads].reshape(Bsz, Hg * P, N).contiguous(), chunk, True,
+                                P)
         ys.append(y.view(Bsz, T, Hg, P))
         hs.append(h.view(Bsz, Hg, P, N))
     y = torch.cat(ys, dim=2) if G > 1 else ys[0]

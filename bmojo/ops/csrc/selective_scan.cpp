@@ -19,12 +19,17 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t EB = 16;  // channels per task
 
 struct Dims {
   int64_t B, T, E, N, K, n_chunks, n_blocks;
+  int64_t P = 1;  // channels sharing one dt (Mamba-2's head width); dt is (B, T, E / P)
 };
 
 Dims dims_of(const torch::Tensor& x, const torch::Tensor& A, int64_t K) {
@@ -64,11 +69,23 @@ void check(const torch::Tensor& t, const char* name, int64_t dim) {
 // runs over the EB channels as whole vectors (lanes past ne hold zeros and are never written back).
 struct Block {
   float dt[EB], x[EB], u[EB], gy[EB];
+  int64_t head[EB];  // dt column of each lane, (e0 + j) / P, fixed for a task
 };
 
-inline void load_block(Block& k, const float* pdt, const float* px, const float* pgy, int64_t row, int64_t ne) {
+inline void init_block(Block& k, const Dims& d, int64_t e0) {
+  for (int64_t j = 0; j < EB; ++j) k.head[j] = std::min(e0 + j, d.E - 1) / d.P;
+}
+
+// row = (b * T + t) * E + e0; dt is read at (b * T + t, (e0 + j) / P)
+inline void load_block(Block& k, const Dims& d, const float* pdt, const float* px, const float* pgy, int64_t row,
+                       int64_t ne) {
+  if (d.P == 1) {
+    for (int64_t j = 0; j < EB; ++j) k.dt[j] = j < ne ? pdt[row + j] : 0.f;
+  } else {
+    const float* dt_row = pdt + (row / d.E) * (d.E / d.P);
+    for (int64_t j = 0; j < EB; ++j) k.dt[j] = j < ne ? dt_row[k.head[j]] : 0.f;
+  }
   for (int64_t j = 0; j < EB; ++j) {
-    k.dt[j] = j < ne ? pdt[row + j] : 0.f;
     k.x[j] = j < ne ? px[row + j] : 0.f;
     k.u[j] = k.dt[j] * k.x[j];
     k.gy[j] = pgy != nullptr && j < ne ? pgy[row + j] : 0.f;
@@ -116,11 +133,12 @@ void fwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
   gather(At, pA + e0 * N, ne, N);
   gather(h, ph0 + (b * E + e0) * N, ne, N);
   Block k;
+  init_block(k, d, e0);
   float y[EB];
   for (int64_t t = 0; t < T; ++t) {
     if (t % K == 0) scatter(pck + ((b * d.n_chunks + t / K) * E + e0) * N, h, ne, N);
     const int64_t row = (b * T + t) * E + e0;
-    load_block(k, pdt, px, nullptr, row, ne);
+    load_block(k, d, pdt, px, nullptr, row, ne);
     step_block<NS, SCALAR>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, h, h, nullptr, y);
     std::copy_n(y, ne, py + row);
   }
@@ -142,10 +160,12 @@ void dispatch(int64_t N, bool scalar, F&& f) {
 
 // -> (y (B, T, E), h_T (B, E, N), checkpoints (B, n_chunks, E, N): the state before each K-step chunk)
 std::vector<torch::Tensor> scan_fwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
-                                    torch::Tensor Cm, torch::Tensor h0, int64_t K, bool scalar_decay) {
+                                    torch::Tensor Cm, torch::Tensor h0, int64_t K, bool scalar_decay, int64_t P) {
   check(x, "x", 3); check(dt, "dt", 3); check(A, "A", 2); check(Bm, "B", 3); check(Cm, "C", 3); check(h0, "h0", 3);
   TORCH_CHECK(K > 0, "chunk must be > 0");
-  const Dims d = dims_of(x, A, K);
+  Dims d = dims_of(x, A, K);
+  d.P = P;
+  TORCH_CHECK(P >= 1 && d.E % P == 0 && dt.size(2) * P == d.E, "dt must have E / P channels");
   auto y = torch::empty({d.B, d.T, d.E}, x.options());
   auto hT = torch::empty({d.B, d.E, d.N}, x.options());
   auto ckpt = torch::empty({d.B, d.n_chunks, d.E, d.N}, x.options());
@@ -164,6 +184,29 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor x, torch::Tensor dt, torch::Te
   return {y, hT, ckpt};
 }
 
+// out[n] += sum over the EB lanes of row n of m (N x EB).  With AVX2, eight rows at a time through a tree of
+// horizontal adds instead of one full horizontal reduction per row.
+inline void add_row_sums(const float* __restrict__ m, int64_t N, float* __restrict__ out) {
+  int64_t n = 0;
+#if defined(__AVX2__)
+  static_assert(EB == 16, "the AVX2 path reads two 8-lane halves per row");
+  for (; n + 8 <= N; n += 8) {
+    __m256 s[8];
+    for (int r = 0; r < 8; ++r)
+      s[r] = _mm256_add_ps(_mm256_loadu_ps(m + (n + r) * EB), _mm256_loadu_ps(m + (n + r) * EB + 8));
+    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    _mm256_storeu_ps(out + n, _mm256_add_ps(_mm256_loadu_ps(out + n), sums));
+  }
+#endif
+  for (; n < N; ++n) {
+    float acc = 0.f;
+    for (int64_t j = 0; j < EB; ++j) acc += m[n * EB + j];
+    out[n] += acc;
+  }
+}
+
 // One backward task (same split as the forward).  gB_me, gC_me, gA_me are this thread's partial sums.
 template <int64_t NS, bool SCALAR>
 void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __restrict__ px,
@@ -172,19 +215,20 @@ void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
               const float* __restrict__ pghT, float* __restrict__ pgx, float* __restrict__ pgdt,
               float* __restrict__ pgh0, float* __restrict__ gB_me, float* __restrict__ gC_me,
               float* __restrict__ gA_me, float* __restrict__ hs, float* __restrict__ dAs, float* __restrict__ G,
-              float* __restrict__ At, float* __restrict__ gA) {
+              float* __restrict__ At, float* __restrict__ gA, float* __restrict__ pb, float* __restrict__ pc) {
   const int64_t N = NS > 0 ? NS : d.N, E = d.E, T = d.T, K = d.K, S = EB * N;
   gather(At, pA + e0 * N, ne, N);
   gather(G, pghT + (b * E + e0) * N, ne, N);  // dL/dh after the last step
   std::fill_n(gA, S, 0.f);
   Block k;
+  init_block(k, d, e0);
   for (int64_t c = d.n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * K, L = std::min(K, T - t0);
     // 1. recompute the chunk: hs[0] = state before it, hs[l + 1] = state after step t0 + l
     gather(hs, pck + ((b * d.n_chunks + c) * E + e0) * N, ne, N);
     for (int64_t l = 0; l < L; ++l) {
       const int64_t t = t0 + l;
-      load_block(k, pdt, px, nullptr, (b * T + t) * E + e0, ne);
+      load_block(k, d, pdt, px, nullptr, (b * T + t) * E + e0, ne);
       step_block<NS, SCALAR>(N, k, At, pB + (b * T + t) * N, pC + (b * T + t) * N, hs + l * S, hs + (l + 1) * S,
                      dAs + l * S, nullptr);
     }
@@ -198,24 +242,23 @@ void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
       const float* __restrict__ hp = hs + l * S;
       const float* __restrict__ hn = hs + (l + 1) * S;
       const float* __restrict__ da = dAs + l * S;
-      load_block(k, pdt, px, pgy, row, ne);
+      load_block(k, d, pdt, px, pgy, row, ne);
       float g_u[EB] = {}, g_dt[EB] = {};
       for (int64_t n = 0; n < N; ++n) {
-        float sb = 0.f, sc = 0.f;
         for (int64_t j = 0; j < EB; ++j) {
           const int64_t i = n * EB + j;
           const float g = G[i] + k.gy[j] * Ct[n];  // total dL/dh_t
-          sc += k.gy[j] * hn[i];
-          sb += g * k.u[j];
+          pc[i] = k.gy[j] * hn[i];  // per-lane terms of dL/dC_t and dL/dB_t, summed over lanes below
+          pb[i] = g * k.u[j];
           g_u[j] += g * Bt[n];
           const float g_log = g * da[i] * hp[i];  // dL/d(dt A) at (t, n, j)
           g_dt[j] += g_log * At[i];
           gA[i] += g_log * k.dt[j];
           G[i] = g * da[i];  // dL/dh_{t-1} through the recurrence
         }
-        gBt[n] += sb;
-        gCt[n] += sc;
       }
+      add_row_sums(pb, N, gBt);
+      add_row_sums(pc, N, gCt);
       for (int64_t j = 0; j < ne; ++j) {
         pgdt[row + j] = g_dt[j] + g_u[j] * k.x[j];
         pgx[row + j] = g_u[j] * k.dt[j];
@@ -230,12 +273,14 @@ void bwd_task(const Dims& d, int64_t b, int64_t e0, int64_t ne, const float* __r
 // -> (gx, gdt, gA, gB, gC, gh0)
 std::vector<torch::Tensor> scan_bwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
                                     torch::Tensor Cm, torch::Tensor ckpt, torch::Tensor gy, torch::Tensor ghT,
-                                    int64_t K, bool scalar_decay) {
+                                    int64_t K, bool scalar_decay, int64_t P) {
   check(gy, "grad y", 3); check(ghT, "grad h_T", 3); check(ckpt, "checkpoints", 4);
-  const Dims d = dims_of(x, A, K);
+  Dims d = dims_of(x, A, K);
+  d.P = P;
   const int64_t E = d.E, N = d.N, T = d.T;
   const int64_t n_threads = at::get_num_threads();
-  auto gx = torch::empty_like(x), gdt = torch::empty_like(dt), gh0 = torch::empty({d.B, E, N}, x.options());
+  // gdt per channel; the caller sums it over the P channels that share a dt
+  auto gx = torch::empty_like(x), gdt = torch::empty_like(x), gh0 = torch::empty({d.B, E, N}, x.options());
   // per-thread partial sums of the gradients that add up over channels or rows
   auto gB_t = torch::zeros({n_threads, d.B, T, N}, x.options());
   auto gC_t = torch::zeros({n_threads, d.B, T, N}, x.options());
@@ -248,12 +293,13 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor x, torch::Tensor dt, torch::Te
   dispatch(N, scalar_decay, [&](auto ns, auto sc) {
     at::parallel_for(0, d.B * d.n_blocks, 1, [&](int64_t begin, int64_t end) {
       const int64_t tid = at::get_thread_num();
-      std::vector<float> hs((K + 1) * EB * N), dAs(K * EB * N), G(EB * N), At(EB * N), gA(EB * N);
+      std::vector<float> hs((K + 1) * EB * N), dAs(K * EB * N), G(EB * N), At(EB * N), gA(EB * N), pb(EB * N),
+          pc(EB * N);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / d.n_blocks, e0 = (task % d.n_blocks) * EB, ne = std::min(EB, E - e0);
         bwd_task<decltype(ns)::value, decltype(sc)::value>(d, b, e0, ne, px, pdt, pA, pB, pC, pck, pgy, pghT, pgx, pgdt, pgh0,
                                       pgB + tid * d.B * T * N, pgC + tid * d.B * T * N, pgA + tid * E * N,
-                                      hs.data(), dAs.data(), G.data(), At.data(), gA.data());
+                                      hs.data(), dAs.data(), G.data(), At.data(), gA.data(), pb.data(), pc.data());
       }
     });
   });
