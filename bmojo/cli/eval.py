@@ -48,8 +48,7 @@ def run_ppl(args) -> int:
     if any(L < 1 for L in lengths):
         raise ConfigError(f"context lengths must be positive, got {lengths}")
     span = math.lcm(*lengths)
-    docs = [corpus.document(args.split, i) for i in range(len(corpus.documents(args.split)))]
-    regions = eval_regions(docs, span, args.regions)
+    regions = eval_regions(corpus.split_documents(args.split), span, args.regions)
     print(f"eval ppl: {meta['lm']['preset']} (trained at {T} tokens) on {corpus.folder} {args.split}: "
           f"{len(regions)} regions of {span} tokens, contexts {lengths}", flush=True)
 

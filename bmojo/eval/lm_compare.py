@@ -55,8 +55,7 @@ def _one_run(args) -> dict:
                        eval_every=spec.eval_every, eval_batches=spec.eval_batches, seed=spec.seed, progress=False)
     model, res = train_lm(lm, corpus, tcfg, Path(spec.out) / "runs" / f"{corpus_label}-{preset}")
     span = spec.seq_len * max(spec.factors)
-    docs = [corpus.document("test", i) for i in range(len(corpus.documents("test")))]
-    regions = eval_regions(docs, span, spec.regions)
+    regions = eval_regions(corpus.split_documents("test"), span, spec.regions)
     t0 = time.perf_counter()
     ev = length_eval(model, regions, [spec.seq_len * k for k in spec.factors], corpus.tokenizer.token_bytes())
     row = {"corpus": corpus_label, "preset": preset, "params": model.num_params(), "d_model": model.cfg.d_model,

@@ -47,6 +47,11 @@ def error() -> str | None:
     return _error
 
 
+def _runs_here(*tensors) -> bool:
+    """Whether the C++ kernels take these tensors: float32 on the CPU, and the extension built."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
+
+
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, h0, chunk, scalar_decay=False, P=1):
@@ -76,8 +81,7 @@ def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_fina
 
         if cuda.has("mamba_ssm"):
             return cuda.selective_scan_cuda(x, dt, A, B, C, D, None, output_final_state)
-    use_ext = available() and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in (x, dt, A, B, C))
-    if not use_ext or T == 0:
+    if not _runs_here(x, dt, A, B, C) or T == 0:
         from bmojo.ops.scan import selective_scan
 
         return selective_scan(x, dt, A, B, C, D, initial_state, output_final_state)
@@ -95,8 +99,7 @@ def ssd_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=Fal
     `ssd_ref`'s signature and shapes: x (B, T, H, P); dt (B, T, H); A (H,); B, C (B, T, G, N); D (H,)."""
     Bsz, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    use_ext = available() and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in (x, dt, A, B, C))
-    if not use_ext or T == 0:
+    if not _runs_here(x, dt, A, B, C) or T == 0:
         from bmojo.ops.ssd import ssd_chunked
 
         return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state)

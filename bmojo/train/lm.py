@@ -44,14 +44,23 @@ def model_config(spec: LMSpec, vocab_size: int, max_len: int | None = None) -> M
     return size_to_params(spec.preset, spec.params, **kw)
 
 
+def _windows(tokens: np.ndarray, starts, seq_len: int) -> torch.Tensor:
+    """(len(starts), seq_len + 1) int64 windows of `tokens` at `starts`."""
+    return torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+
+
+def _check_length(tokens: np.ndarray, seq_len: int, split: str) -> None:
+    if len(tokens) < seq_len + 2:
+        raise ConfigError(f"the {split} split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
+
+
 def packed_batches(tokens: np.ndarray, batch: int, seq_len: int, seed: int):
     """step -> (inputs, labels), each (batch, seq_len): windows at offsets drawn from (seed, step)."""
-    if len(tokens) < seq_len + 2:
-        raise ConfigError(f"the training split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
+    _check_length(tokens, seq_len, "training")
 
     def batch_fn(step: int):
-        starts = np.random.default_rng([seed, step]).integers(0, len(tokens) - seq_len - 1, batch)
-        seq = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+        seq = _windows(tokens, np.random.default_rng([seed, step]).integers(0, len(tokens) - seq_len - 1, batch),
+                       seq_len)
         return seq[:, :-1], seq[:, 1:]
 
     return batch_fn
@@ -60,10 +69,8 @@ def packed_batches(tokens: np.ndarray, batch: int, seq_len: int, seed: int):
 def fixed_windows(tokens: np.ndarray, n_batches: int, batch: int, seq_len: int):
     """n_batches (inputs, labels) of windows spread evenly over `tokens` (the same every call)."""
     n = n_batches * batch
-    if len(tokens) < seq_len + 2:
-        raise ConfigError(f"the validation split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
-    starts = np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64)
-    seq = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+    _check_length(tokens, seq_len, "validation")
+    seq = _windows(tokens, np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64), seq_len)
     return [(seq[i:i + batch, :-1], seq[i:i + batch, 1:]) for i in range(0, n, batch)]
 
 

@@ -162,6 +162,11 @@ class TokenCorpus:
         d = self.documents(split)[i]
         return self.tokens(split)[d["offset"]:d["offset"] + d["tokens"]]
 
+    def split_documents(self, split: str) -> list[np.ndarray]:
+        """Every document of the split as token ids (views into the memory map)."""
+        tokens = self.tokens(split)
+        return [tokens[d["offset"]:d["offset"] + d["tokens"]] for d in self.documents(split)]
+
     def verify(self) -> None:
         """Check every split's SHA-256 against the manifest."""
         for split, info in self.manifest["splits"].items():
