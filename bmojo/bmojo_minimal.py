@@ -32,7 +32,8 @@ def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor
         end = (i // chunk) * chunk
         if end == 0 or M == 0:
             continue
-        idx = scores[:, :end].topk(min(M, end), dim=1).indices  # (B, m)
+        # top-M, ties to the earlier position (as bmojo.ops.selection.top; topk's tie order varies by device)
+        idx = scores[:, :end].argsort(dim=1, descending=True, stable=True)[:, :min(M, end)]  # (B, m)
         in_mem[torch.arange(B)[:, None], i, idx] = True
     return in_mem
 

@@ -17,9 +17,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bmojo.bench.timing import fwd_bwd, peak_extra_bytes, scan_inputs, timeit
+from bmojo.bench.timing import sync, fwd_bwd, peak_extra_bytes, scan_inputs, timeit
 from bmojo.models import BMojoLM, size_to_params
-from bmojo.ops import scan_cpu
+from bmojo.ops import cuda, scan_cpu
 from bmojo.ops.attention import window_attention
 from bmojo.ops.scan import selective_scan, selective_scan_ref
 from bmojo.ops.ssd import ssd_chunked
@@ -33,22 +33,27 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def scan_suite(quick: bool, log=print) -> dict:
+def scan_suite(quick: bool, device="cpu", log=print) -> dict:
     B, T, E, N, P = (2, 256, 64, 8, 32) if quick else (8, 2048, 256, 16, 64)
     g = torch.Generator().manual_seed(0)
-    inp = scan_inputs("mamba1", B, T, E, N, P, g)
-    impls = {"mamba1 fused (C++)": lambda: scan_cpu.selective_scan_fused(*inp),
-             "mamba1 chunked (PyTorch)": lambda: selective_scan(*inp),
-             "mamba1 sequential reference": lambda: selective_scan_ref(*inp)}
+    inp = scan_inputs("mamba1", B, T, E, N, P, g, device)
+    inp2 = scan_inputs("mamba2", B, T, E, N, P, g, device)
+    on_cuda = torch.device(device).type == "cuda"
+    impls = {}
+    if on_cuda and cuda.has("mamba_ssm"):
+        impls["mamba1 fused (mamba_ssm CUDA)"] = lambda: scan_cpu.selective_scan_fused(*inp)
+    elif not on_cuda and scan_cpu.available():
+        impls["mamba1 fused (C++)"] = lambda: scan_cpu.selective_scan_fused(*inp)
+    elif not on_cuda:
+        log(f"  (fused scan unavailable: {scan_cpu.error()})")
+    impls["mamba1 chunked (PyTorch)"] = lambda: selective_scan(*inp)
+    impls["mamba1 sequential reference"] = lambda: selective_scan_ref(*inp)
     if _has("mambapy"):
         from mambapy.mamba import MambaBlock
 
         impls["mambapy parallel scan"] = lambda: (MambaBlock.selective_scan(None, *inp), None)
-    if not scan_cpu.available():
-        impls.pop("mamba1 fused (C++)")
-        log(f"  (fused scan unavailable: {scan_cpu.error()})")
-    inp2 = scan_inputs("mamba2", B, T, E, N, P, g)
-    impls["mamba2 fused (C++, same width)"] = lambda: scan_cpu.ssd_fused(*inp2)
+    if not on_cuda and scan_cpu.available():
+        impls["mamba2 fused (C++, same width)"] = lambda: scan_cpu.ssd_fused(*inp2)
     impls["mamba2 chunked SSD (PyTorch)"] = lambda: ssd_chunked(*inp2)
     rows = []
     for name, fn in impls.items():
@@ -57,20 +62,22 @@ def scan_suite(quick: bool, log=print) -> dict:
         rows.append({"name": name, "seconds": sec, "tokens_per_s": B * T / sec})
         log(f"  {name:34s} {sec * 1e3:9.1f} ms  {B * T / sec:10.0f} tok/s")
     t = {r["name"]: r["seconds"] for r in rows}
-    fused = t.get("mamba1 fused (C++)", t["mamba1 chunked (PyTorch)"])
-    ratios = {"fused_over_reference": t["mamba1 sequential reference"] / fused,
-              "mamba2_over_fused_time": t["mamba2 fused (C++, same width)"] / fused}
+    best1 = next(n for n in t if n.startswith("mamba1"))  # the fused kernel where there is one
+    best2 = next(n for n in t if n.startswith("mamba2"))
+    ratios = {"fused_over_reference": t["mamba1 sequential reference"] / t[best1],
+              "mamba2_over_fused_time": t[best2] / t[best1]}
     if "mambapy parallel scan" in t:
-        ratios["fused_over_mambapy"] = t["mambapy parallel scan"] / fused
-    rows += _hf_mixer_rows(quick, log)
+        ratios["fused_over_mambapy"] = t["mambapy parallel scan"] / t[best1]
+    rows += _hf_mixer_rows(quick, device, log)
     if any(r["name"].startswith("HF") for r in rows):
         hf = next(r for r in rows if r["name"].startswith("HF"))
         ours = next(r for r in rows if r["name"].startswith("bmojo Mamba1Mixer"))
         ratios["bmojo_mixer_over_hf_mixer"] = hf["seconds"] / ours["seconds"]
-    return {"sizes": {"B": B, "T": T, "E": E, "N": N, "P": P}, "rows": rows, "ratios": ratios}
+    return {"sizes": {"B": B, "T": T, "E": E, "N": N, "P": P}, "paths": {"mamba1": best1, "mamba2": best2},
+            "rows": rows, "ratios": ratios}
 
 
-def _hf_mixer_rows(quick: bool, log) -> list[dict]:
+def _hf_mixer_rows(quick: bool, device, log) -> list[dict]:
     """Our Mamba1Mixer (fused) against HF's MambaMixer torch path, same sizes and weights layout."""
     if not _has("transformers"):
         return []
@@ -83,24 +90,25 @@ def _hf_mixer_rows(quick: bool, log) -> list[dict]:
     B, T, D = (2, 256, 32) if quick else (8, 2048, 128)
     hf = MambaMixer(MambaConfig(hidden_size=D, state_size=16, expand=2, conv_kernel=4, use_mambapy=False), 0)
     ours = Mamba1Mixer(preset("mamba", d_model=D, d_state=16, expand=2, d_conv=4, impl="fused"), "fused")
-    x = torch.randn(B, T, D, requires_grad=True)
+    hf, ours = hf.to(device), ours.to(device)
+    x = torch.randn(B, T, D, device=device, requires_grad=True)
     rows = []
     for name, fn in ((f"bmojo Mamba1Mixer (fused), D={D}", lambda: (ours(x)[0], None)),
-                     (f"HF MambaMixer torch path, D={D}", lambda: (hf.slow_forward(x), None))):
+                     (f"HF MambaMixer, D={D}", lambda: (hf(x), None))):  # its torch path unless mamba_ssm
         sec = timeit(fwd_bwd(fn, [x]), repeats=2)
         rows.append({"name": name, "seconds": sec, "tokens_per_s": B * T / sec})
         log(f"  {name:34s} {sec * 1e3:9.1f} ms  {B * T / sec:10.0f} tok/s")
     return rows
 
 
-def attention_suite(quick: bool, log=print) -> dict:
+def attention_suite(quick: bool, device="cpu", log=print) -> dict:
     """Sliding-window attention forward, (B, T, H, Dh) = (4, T, 4, 32), W = 64."""
     B, H, Dh, W = 4, 4, 32, 64
     lengths = (512,) if quick else (2048, 8192)
     rows = []
     for T in lengths:
         g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(B, T, H, Dh, generator=g) for _ in range(3))
+        q, k, v = (torch.randn(B, T, H, Dh, generator=g).to(device) for _ in range(3))
         fns = {"chunked (bmojo)": lambda: window_attention(q, k, v, W, chunk=W),
                "SDPA + band mask": _sdpa_band(q, k, v, W)}
         flex = _flex_band(q, k, v, W, log)
@@ -122,7 +130,7 @@ def attention_suite(quick: bool, log=print) -> dict:
 
 def _sdpa_band(q, k, v, W):
     T = q.shape[1]
-    i = torch.arange(T)
+    i = torch.arange(T, device=q.device)
     mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < W)
     return lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                   attn_mask=mask).transpose(1, 2)
@@ -139,7 +147,7 @@ def _flex_band(q, k, v, W, log):
         return (qi >= ki) & (qi - ki < W)
 
     try:
-        mask = create_block_mask(band, None, None, T, T, device="cpu")
+        mask = create_block_mask(band, None, None, T, T, device=q.device)
         fn = torch.compile(flex_attention, dynamic=False)
         qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         t0 = time.perf_counter()
@@ -152,20 +160,21 @@ def _flex_band(q, k, v, W, log):
     return lambda: fn(qh, kh, vh, block_mask=mask)
 
 
-def _model(name: str, params: int, max_len: int) -> BMojoLM:
+def _model(name: str, params: int, max_len: int, device="cpu") -> BMojoLM:
     torch.manual_seed(0)
-    return BMojoLM(size_to_params(name, params, vocab_size=256, max_seq_len=max_len, **MODEL))
+    return BMojoLM(size_to_params(name, params, vocab_size=256, max_seq_len=max_len, **MODEL)).to(device)
 
 
-def train_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
+def train_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
     """tokens/s of forward + backward + AdamW at T in (512, 2048, 8192), 8192 tokens per step."""
     lengths, tokens = ((128, 512), 1024) if quick else ((512, 2048, 8192), 8192)
     rows = []
     for name in presets:
-        model = _model(name, params, max(lengths))
+        model = _model(name, params, max(lengths), device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for T in lengths:
             ids = torch.randint(0, 256, (max(1, tokens // T), T + 1), generator=torch.Generator().manual_seed(T))
+            ids = ids.to(device)
 
             def step():
                 out = model(ids[:, :-1])
@@ -175,7 +184,7 @@ def train_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print
                 opt.zero_grad(set_to_none=True)
 
             sec = timeit(step, repeats=2)
-            peak = peak_extra_bytes(step)
+            peak = peak_extra_bytes(step, device)
             rows.append({"preset": name, "T": T, "batch": ids.shape[0], "params": model.num_params(), "seconds": sec,
                          "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak})
             log(f"  {name:12s} T={T:5d} B={ids.shape[0]:2d}: {ids[:, :-1].numel() / sec:8.0f} tok/s, step peak "
@@ -190,20 +199,24 @@ def train_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print
 
 
 @torch.no_grad()
-def decode_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
+def decode_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
     """Per-token decode latency after a prefill of each context length.  The contexts are timed in interleaved
     rounds (8 steps each, 6 rounds, median), so a slow spell of the machine does not land on one context."""
     contexts = (256, 1024) if quick else (1024, 8192, 32768)
     rows = []
     for name in presets:
-        model = _model(name, params, max(contexts) + 64).eval()
+        model = _model(name, params, max(contexts) + 64, device).eval()
         states, prefill, tok = {}, {}, {}
         for ctx in contexts:
-            ids = torch.randint(0, 256, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+            ids = torch.randint(0, 256, (1, ctx), generator=torch.Generator().manual_seed(ctx)).to(device)
+            if torch.device(device).type == "cuda":  # compile the first segment's kernels outside the timing
+                model(ids[:, :4096], model.init_state(1, capacity=ctx + 64), return_state=True)
             state = model.init_state(1, capacity=ctx + 64)
+            sync()
             t0 = time.perf_counter()
             for s in range(0, ctx, 4096):  # prefill in segments (bounded memory for every preset)
                 state = model(ids[:, s:s + 4096], state, return_state=True).state
+            sync()
             prefill[ctx], states[ctx], tok[ctx] = time.perf_counter() - t0, state, ids[:, -1]
         times = {ctx: [] for ctx in contexts}
         for _ in range(6):
@@ -211,6 +224,7 @@ def decode_suite(quick: bool, presets=PRESETS, params: int = 1_000_000, log=prin
                 for _ in range(8):
                     t = time.perf_counter()
                     logits, states[ctx] = model.step(tok[ctx], states[ctx])
+                    sync()
                     times[ctx].append(time.perf_counter() - t)
                     tok[ctx] = logits.argmax(-1)
         for ctx in contexts:

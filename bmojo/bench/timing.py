@@ -10,14 +10,21 @@ import time
 import torch
 
 
+def sync() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall seconds of `repeats` calls after `warmup` untimed ones."""
+    """Median wall seconds of `repeats` calls after `warmup` untimed ones (CUDA work waited for)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -32,7 +39,8 @@ def fwd_bwd(fn, inputs):
     return run
 
 
-def scan_inputs(kind: str, B: int, T: int, E: int, N: int, P: int, g: torch.Generator) -> list[torch.Tensor]:
+def scan_inputs(kind: str, B: int, T: int, E: int, N: int, P: int, g: torch.Generator,
+                device="cpu") -> list[torch.Tensor]:
     """Inputs of a mamba1 scan (x, dt, A, B, C, D) or a mamba2 SSD (heads of width P), requiring grad."""
     if kind == "mamba1":
         t = [torch.randn(B, T, E, generator=g), torch.rand(B, T, E, generator=g) * 0.1 + 0.01,
@@ -43,7 +51,7 @@ def scan_inputs(kind: str, B: int, T: int, E: int, N: int, P: int, g: torch.Gene
         t = [torch.randn(B, T, H, P, generator=g), torch.rand(B, T, H, generator=g) * 0.1 + 0.01,
              -torch.rand(H, generator=g) - 0.5, torch.randn(B, T, 1, N, generator=g),
              torch.randn(B, T, 1, N, generator=g), torch.randn(H, generator=g)]
-    return [x.requires_grad_() for x in t]
+    return [x.to(device).requires_grad_() for x in t]
 
 
 def _status_kb(field: str) -> int | None:
@@ -56,10 +64,18 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def peak_extra_bytes(fn) -> int | None:
-    """Peak resident memory that fn() adds above what is live before it (Linux: resets the process's peak
-    RSS through /proc/self/clear_refs after returning freed heap to the OS).  None where unsupported."""
+def peak_extra_bytes(fn, device="cpu") -> int | None:
+    """Peak memory that fn() adds above what is live before it: on CUDA from the allocator's statistics; on
+    the CPU (Linux) the process's peak RSS, reset through /proc/self/clear_refs after returning freed heap to
+    the OS.  None where unsupported."""
     gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:

@@ -17,15 +17,26 @@ def add_parser(sub) -> None:
     p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, from {list(SUITES)}")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds, not the reported numbers")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and the plots")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every suite runs")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import torch
+
     from bmojo.config import ConfigError
 
     names = [s for s in args.suites.split(",") if s]
     bad = sorted(set(names) - set(SUITES))
     if bad:
         raise ConfigError(f"--suites: unknown {bad}; allowed: {list(SUITES)}")
-    run_bench(names, args.quick, args.out)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA device is visible to torch")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {args.device}: allowed are cpu and cuda[:N]")
+    run_bench(names, args.quick, args.out, device=str(device))
     return 0

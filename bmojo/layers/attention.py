@@ -10,11 +10,11 @@ import torch.nn as nn
 
 from bmojo.config import ModelConfig
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.attention import attend, causal_attention, window_attention, window_attention_ref
+from bmojo.ops.attention import attend, causal_attention, window_attention, window_attention_fused, window_attention_ref
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.rope import apply_rope, rope_cos_sin
 
-WINDOW_ATTN = {"ref": window_attention_ref, "fast": window_attention, "fused": window_attention}
+WINDOW_ATTN = {"ref": window_attention_ref, "fast": window_attention, "fused": window_attention_fused}
 CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d_fused}
 
 

@@ -142,3 +142,16 @@ def causal_attention(q, k, v, k_start=0, scale=None):
         mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
     return o.transpose(1, 2)
+
+
+def window_attention_fused(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
+                           mem_k=None, mem_v=None, mem_pos=None, scale=None):
+    """impl=fused: flex_attention on CUDA for a whole sequence from position 0 (`bmojo.ops.flex`), the chunked
+    path everywhere else (on the CPU it is the fastest: `bmojo bench --suites attention`)."""
+    from bmojo.ops import flex
+
+    if flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk, f_start=f_start, v=v):
+        return flex.window_attention_flex(q, k, v, window, chunk=chunk, fk=fk, fv=fv, mem_k=mem_k, mem_v=mem_v,
+                                          mem_pos=mem_pos, scale=scale)
+    return window_attention(q, k, v, window, chunk=chunk, q_start=q_start, k_start=k_start, fk=fk, fv=fv,
+                            f_start=f_start, mem_k=mem_k, mem_v=mem_v, mem_pos=mem_pos, scale=scale)

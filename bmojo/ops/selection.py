@@ -66,6 +66,13 @@ class Entries:
         return Entries(self.prio[:, a:b], self.pos[:, a:b], self.src[:, a:b])
 
 
+def top(prio: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest priorities along dim 1, ties going to the lower index (an older entry): the
+    same on every device (`topk` breaks ties differently on CPU and CUDA, and equal scores are common, e.g.
+    `norm` scores of repeated tokens)."""
+    return prio.argsort(dim=1, descending=True, stable=True)[:, :k]
+
+
 def memory_update(mem: Entries, cand: Entries, *, rule: str = "topk", decay: float = 1.0,
                   per_chunk: int = 1) -> Entries:
     """One chunk's update.  mem has M slots; cand holds the chunk's C tokens in position order."""
@@ -74,10 +81,10 @@ def memory_update(mem: Entries, cand: Entries, *, rule: str = "topk", decay: flo
         return mem
     if rule == "topk":
         pool = Entries(mem.prio * decay, mem.pos, mem.src).cat(cand)
-        return pool.take(pool.prio.topk(M, dim=1).indices)
+        return pool.take(top(pool.prio, M))
     if rule == "fifo":
         k = min(per_chunk, cand.prio.shape[1])
-        new = cand.take(cand.prio.topk(k, dim=1).indices)
+        new = cand.take(top(cand.prio, k))
         return mem.slice(k, M).cat(new)
     raise ValueError(f"memory rule must be one of {MEMORY_RULES}, got {rule!r}")
 

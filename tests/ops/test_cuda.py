@@ -1,5 +1,6 @@
 """GPU parity (skipped without CUDA and the `gpu` extra): mamba_ssm's scan and causal-conv1d, as dispatched by
-impl=fused, equal our references; a whole model with impl=fused on CUDA equals impl=ref on the CPU."""
+impl=fused, equal our references; a whole model with impl=fused on CUDA (flex_attention windows included)
+equals impl=ref on the CPU."""
 import importlib.util
 
 import pytest
@@ -49,11 +50,14 @@ def test_causal_conv1d_matches_reference(T):
     assert_close(s2.cpu(), s1, rtol=1e-6, name="conv state")
 
 
-@pytest.mark.parametrize("name", ["mamba", "hybrid", "bmojo"])
-def test_model_fused_on_cuda_matches_cpu_reference(name):
+@pytest.mark.parametrize("name,T", [("mamba", 45), ("hybrid", 45), ("bmojo", 45), ("swa", 200), ("bmojo", 200)])
+def test_model_fused_on_cuda_matches_cpu_reference(name, T):
+    """T >= 128 (with heads of 16) runs the windows through flex_attention (bmojo.ops.flex), shorter ones the
+    chunked path."""
     torch.manual_seed(0)
-    ref = BMojoLM(tiny(name, impl="ref", ssm_kind="mamba1"))
-    fused = BMojoLM(tiny(name, impl="fused", ssm_kind="mamba1")).cuda()
+    kw = dict(ssm_kind="mamba1", d_model=64) if T >= 128 else dict(ssm_kind="mamba1")
+    ref = BMojoLM(tiny(name, impl="ref", **kw))
+    fused = BMojoLM(tiny(name, impl="fused", **kw)).cuda()
     fused.load_state_dict(ref.state_dict())
-    ids = torch.randint(0, 61, (2, 45), generator=seeded(2))
+    ids = torch.randint(0, 61, (2, T), generator=seeded(2))
     assert_close(fused(ids.cuda()).logits.cpu(), ref(ids).logits, rtol=1e-4, name=f"{name} logits")

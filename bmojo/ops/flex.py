@@ -1,0 +1,104 @@
+"""Windowed attention through `flex_attention`: the GPU path of `window_attention` for whole sequences.
+
+The key sets of `window_attention` (each query block's eidetic memory, the fading band, the raw window) are
+laid end to end as one key sequence [memory (nb * M) | fading (T) | raw (T)] and a mask says which of them a
+query sees, with the same rules as `window_attention_ref`:
+  - raw key j:      i - W < j <= i
+  - fading key j:   i - 2W < j <= i - W
+  - memory slot s of block b: b == i // C, and 0 <= mem_pos[b, s] <= i - W
+flex_attention then skips every 128 x 128 tile the mask leaves empty, so the cost stays linear in T.
+
+Used for sequences that start at position 0 (training, a prefill from an empty state), on CUDA, where the
+compiled kernel runs forward and backward.  Decode steps and continuations use the chunked path.  On the CPU
+flex_attention runs forward only (torch 2.13) and the chunked path is faster (`bmojo bench --suites
+attention`), so `window_attention_fused` keeps the CPU on the chunked path; the eager (uncompiled) form of
+this function ties the mask to the reference in the CPU tests.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger("bmojo")
+MIN_LEN = 128  # shorter sequences (and decode steps) are not worth a compiled kernel
+MIN_HEAD_DIM = 16  # the compiled kernel's smallest head dimension
+RECOMPILES = 64  # one compiled kernel per (batch, length, heads, key sets): more than dynamo's default of 8
+
+
+@functools.cache
+def _api():
+    """(flex_attention compiled, create_block_mask), or None where this torch has no flex_attention."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    cfg = torch._dynamo.config
+    for field in ("recompile_limit", "cache_size_limit"):  # the name moved between torch releases
+        if isinstance(getattr(cfg, field, None), int) and getattr(cfg, field) < RECOMPILES:
+            setattr(cfg, field, RECOMPILES)  # past the limit dynamo would run flex_attention unfused
+            break
+    return torch.compile(flex_attention, dynamic=False), create_block_mask
+
+
+def available() -> bool:
+    return _api() is not None
+
+
+def eligible(q, k, *, q_start=0, k_start=0, fk=None, f_start=0, v=None) -> bool:
+    """Whether the flex path computes this call: a whole sequence from position 0 on a CUDA device."""
+    T = q.shape[1]
+    whole = q_start == 0 and k_start == 0 and k.shape[1] == T and (fk is None or (f_start == 0 and fk.shape[1] == T))
+    dims = q.shape[-1] >= MIN_HEAD_DIM and (v is None or v.shape[-1] == q.shape[-1])
+    return q.is_cuda and T >= MIN_LEN and whole and dims and available()
+
+
+def _band_mask(T: int, W: int, C: int, nm: int, M: int, fading: bool, mem_pos):
+    """The mask_mod over keys [memory (nm) | fading (T if fading) | raw (T)] for queries 0 .. T-1."""
+    f0 = nm
+    r0 = nm + (T if fading else 0)
+
+    def mask(b, h, i, kv):
+        j = kv - r0
+        visible = (kv >= r0) & (j <= i) & (i - j < W)
+        if fading:
+            jf = kv - f0
+            visible = visible | ((kv >= f0) & (kv < r0) & (i - jf >= W) & (i - jf < 2 * W))
+        if nm:
+            s = kv.clamp(max=nm - 1)
+            pos = mem_pos[b, s]
+            visible = visible | ((kv < nm) & (s // M == i // C) & (pos >= 0) & (pos <= i - W))
+        return visible
+
+    return mask
+
+
+def window_attention_flex(q, k, v, window, *, chunk=None, fk=None, fv=None, mem_k=None, mem_v=None, mem_pos=None,
+                          scale=None, compiled=True):
+    """`window_attention` for q_start = k_start = f_start = 0 and keys covering exactly the T queries.
+    q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh); mem_k, mem_v (B, nb, M, Hk, Dh), mem_pos (B, nb, M).
+    compiled=False runs flex_attention eagerly (any device, slow): the form the CPU tests check."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    Bsz, T, H, Dh = q.shape
+    Hk = k.shape[2]
+    W, C = window, (chunk or window)
+    keys, vals = [k], [v]
+    if fk is not None:
+        keys.insert(0, fk)
+        vals.insert(0, fv)
+    nm = M = 0
+    pos = None
+    if mem_k is not None:
+        nb, M = mem_k.shape[1], mem_k.shape[2]
+        nm = nb * M
+        keys.insert(0, mem_k.reshape(Bsz, nm, Hk, Dh))
+        vals.insert(0, mem_v.reshape(Bsz, nm, Hk, -1))
+        pos = mem_pos.reshape(Bsz, nm)
+    kall, vall = (torch.cat(t, 1).transpose(1, 2) for t in (keys, vals))  # (B, Hk, S, Dh)
+    mask_mod = _band_mask(T, W, C, nm, M, fk is not None, pos)
+    fn = _api()[0] if compiled else flex_attention
+    block = create_block_mask(mask_mod, Bsz if nm else None, None, T, kall.shape[2], device=q.device)
+    o = fn(q.transpose(1, 2), kall, vall, block_mask=block, scale=scale, enable_gqa=H != Hk)
+    return o.transpose(1, 2)
