@@ -1,0 +1,114 @@
+"""HF Mamba, Llama and Mistral checkpoints convert to bmojo's mamba, transformer and swa presets with the same
+logits (max abs error <= 1e-4, fp32), from small random HF models saved to a temporary folder; bad
+checkpoints get errors that name the problem, and nothing is unpickled."""
+import json
+
+import pytest
+import torch
+
+from bmojo.hf import convert, load_hf, read_hf_dir
+from bmojo.train.checkpoint import CheckpointError, load_checkpoint
+from tests.helpers import assert_close, seeded
+
+transformers = pytest.importorskip("transformers")
+V = 97
+
+
+def _mamba(tmp_path):
+    cfg = transformers.MambaConfig(vocab_size=V, hidden_size=48, state_size=8, num_hidden_layers=2, expand=2,
+                                   conv_kernel=4, use_mambapy=False)
+    return transformers.MambaForCausalLM(cfg)
+
+
+def _llama(tmp_path, tie=False):
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=tie, rope_theta=5000.0)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _mistral(tmp_path):
+    cfg = transformers.MistralConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                     sliding_window=16)
+    return transformers.MistralForCausalLM(cfg)
+
+
+def _saved(make, tmp_path, **kw):
+    torch.manual_seed(0)
+    model = make(tmp_path, **kw).eval()
+    with torch.no_grad():  # HF's init leaves some tensors (norms, A_log) at constants: perturb them all
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.save_pretrained(tmp_path / "hf")
+    return model, tmp_path / "hf"
+
+
+@pytest.mark.parametrize("make,preset,kw", [(_mamba, "mamba", {}), (_llama, "transformer", {}),
+                                           (_llama, "transformer", {"tie": True}), (_mistral, "swa", {})],
+                         ids=["mamba", "llama", "llama-tied", "mistral-swa"])
+def test_converted_logits_equal_the_source(tmp_path, make, preset, kw):
+    src, folder = _saved(make, tmp_path, **kw)
+    ids = torch.randint(0, V, (2, 40), generator=seeded(1))  # 40 > the Mistral window of 16
+    ours = load_hf(folder)
+    assert ours.cfg.pattern == {"mamba": "M", "transformer": "A", "swa": "S"}[preset]
+    with torch.no_grad():
+        want = src(ids).logits
+        got = ours(ids).logits
+    assert (got - want).abs().max().item() <= 1e-4, (got - want).abs().max().item()
+    # and through a saved bmojo checkpoint, decoding token by token
+    model, meta = load_checkpoint(convert(folder, tmp_path / "bmojo"))
+    assert meta["source"]["hf_model_type"] == src.config.model_type
+    state = model.init_state(2)
+    with torch.no_grad():
+        steps = [model.step(ids[:, t], state)[0] for t in range(ids.shape[1])]
+    assert_close(torch.stack(steps, 1), want, rtol=1e-4, name="decoded logits")
+
+
+def _rewrite_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    _, folder = _saved(_llama, tmp_path)
+    _rewrite_config(folder, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    with pytest.raises(CheckpointError, match=r"unsupported architecture: model_type='gpt2'.*GPT2LMHeadModel"):
+        load_hf(folder)
+
+
+def test_missing_and_misshapen_tensors_are_named(tmp_path):
+    _, folder = _saved(_llama, tmp_path)
+    _rewrite_config(folder, num_hidden_layers=3)
+    with pytest.raises(CheckpointError, match=r"missing tensors \['model\.layers\.2\.input_layernorm\.weight'"):
+        load_hf(folder)
+    _rewrite_config(folder, num_hidden_layers=2, intermediate_size=100)
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight: shape \(96, 64\)"):
+        load_hf(folder)
+
+
+def test_leftover_tensors_and_unsupported_options_are_refused(tmp_path):
+    _, folder = _saved(_llama, tmp_path)
+    _rewrite_config(folder, attention_bias=True)
+    with pytest.raises(CheckpointError, match="attention_bias"):
+        load_hf(folder)
+    _rewrite_config(folder, attention_bias=False, num_hidden_layers=1)
+    with pytest.raises(CheckpointError, match=r"no place for: \['model\.layers\.1\."):
+        load_hf(folder)
+
+
+def test_pickle_only_and_corrupt_weights_are_refused_without_unpickling(tmp_path, monkeypatch):
+    _, folder = _saved(_llama, tmp_path)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"no safetensors weights; it has only \['pytorch_model\.bin'\].*unpickle"):
+        read_hf_dir(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_hf_dir(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        read_hf_dir(folder)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        read_hf_dir(tmp_path)
