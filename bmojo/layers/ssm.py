@@ -14,6 +14,7 @@ from bmojo.layers.norm import GatedRMSNorm
 from bmojo.layers.state import LayerState, check_call
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
 from bmojo.ops.scan import selective_scan, selective_scan_ref, selective_scan_step
+from bmojo.ops import scan_cpu
 from bmojo.ops.scan_cpu import selective_scan_fused, ssd_fused
 from bmojo.ops.ssd import ssd_chunked, ssd_ref, ssd_step
 
@@ -42,6 +43,11 @@ def _init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: floa
 class _SSMBase(nn.Module):
     conv_dim: int
 
+    def __init__(self, impl: str):
+        super().__init__()
+        if impl == "fused":  # build/load the C++ kernels now, not inside a torch.compile trace of forward
+            scan_cpu.available()
+
     def _conv(self, xs, state, return_state):
         return CONV[self.impl](xs, self.conv1d.weight[:, 0], self.conv1d.bias,
                                state.conv if state is not None else None, return_state)
@@ -53,7 +59,7 @@ class Mamba1Mixer(_SSMBase):
     y = scan(xs, dt, -exp(A_log), B, C) + D*xs; out = out_proj(y * silu(z))."""
 
     def __init__(self, cfg: ModelConfig, impl: str = "fast"):
-        super().__init__()
+        super().__init__(impl)
         D, E, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.mamba1_dt_rank
         self.d_model, self.d_inner, self.d_state, self.dt_rank, self.impl = D, E, N, R, impl
         self.conv_dim, self.chunk = E, cfg.ssm_chunk
@@ -104,7 +110,7 @@ class Mamba2Mixer(_SSMBase):
     y = ssd(xs, dt, -exp(A_log), B, C) + D*xs; out = out_proj(norm(y, gate=z))."""
 
     def __init__(self, cfg: ModelConfig, impl: str = "fast"):
-        super().__init__()
+        super().__init__(impl)
         D, E, N, K, P, G = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.ssm_head_dim, cfg.n_groups
         H = E // P
         self.d_model, self.d_inner, self.d_state, self.n_heads, self.head_dim, self.n_groups = D, E, N, H, P, G

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bmojo.ops import flex
+
 
 def num_blocks(q_start: int, T: int, chunk: int) -> int:
     """Query blocks aligned to multiples of chunk that cover positions q_start .. q_start+T-1."""
@@ -150,8 +152,6 @@ def window_attention_fused(q, k, v, window, *, chunk=None, q_start=0, k_start=0,
                            mem_k=None, mem_v=None, mem_pos=None, scale=None):
     """impl=fused: flex_attention on CUDA for a whole sequence from position 0 (`bmojo.ops.flex`), the chunked
     path everywhere else (on the CPU it is the fastest: `bmojo bench --suites attention`)."""
-    from bmojo.ops import flex
-
     if flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk, f_start=f_start, v=v):
         return flex.window_attention_flex(q, k, v, window, chunk=chunk, fk=fk, fv=fv, mem_k=mem_k, mem_v=mem_v,
                                           mem_pos=mem_pos, scale=scale)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 log = logging.getLogger("bmojo")
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
@@ -49,27 +49,65 @@ def error() -> str | None:
 
 def _runs_here(*tensors) -> bool:
     """Whether the C++ kernels take these tensors: float32 on the CPU, and the extension built."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and \
+        (_ext is not None or _available_outside_graph())
 
 
-class _FusedScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, chunk, scalar_decay=False, P=1):
-        y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay, P)
-        ctx.chunk, ctx.scalar_decay, ctx.P = chunk, scalar_decay, P
-        ctx.save_for_backward(x, dt, A, B, C, ckpt)
-        return y, h_last
+# building or loading the extension (file system, compiler) cannot be traced by torch.compile: run it eagerly
+_available_outside_graph = torch.compiler.disable(available)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy, gh):
-        x, dt, A, B, C, ckpt = ctx.saved_tensors
-        gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
-        gh = gh.contiguous() if gh is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
-        gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk, ctx.scalar_decay, ctx.P)
-        if ctx.P > 1:  # (B, T, E) -> (B, T, E / P): channels sharing a dt add their gradients
-            gdt = gdt.view(*dt.shape, ctx.P).sum(-1)
-        return gx, gdt, gA, gB, gC, gh0, None, None, None
+
+# The kernels as torch custom ops, so that torch.compile traces through them (no graph break) and autograd
+# sees one node: bmojo::scan_fwd -> (y, h_T, checkpoints), bmojo::scan_bwd -> the six input gradients.
+@torch.library.custom_op("bmojo::scan_fwd", mutates_args=())
+def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, chunk: int, scalar_decay: bool,
+              P: int) -> tuple[Tensor, Tensor, Tensor]:
+    y, h_last, ckpt = _ext.scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay, P)
+    return y, h_last, ckpt
+
+
+@_scan_fwd.register_fake
+def _(x, dt, A, B, C, h0, chunk, scalar_decay, P):
+    Bsz, T, E = x.shape
+    N = A.shape[1]
+    return x.new_empty(Bsz, T, E), x.new_empty(Bsz, E, N), x.new_empty(Bsz, -(-T // chunk), E, N)
+
+
+@torch.library.custom_op("bmojo::scan_bwd", mutates_args=())
+def _scan_bwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, ckpt: Tensor, gy: Tensor, gh: Tensor,
+              chunk: int, scalar_decay: bool, P: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    gx, gdt, gA, gB, gC, gh0 = _ext.scan_bwd(x, dt, A, B, C, ckpt, gy, gh, chunk, scalar_decay, P)
+    return gx, gdt, gA, gB, gC, gh0
+
+
+@_scan_bwd.register_fake
+def _(x, dt, A, B, C, ckpt, gy, gh, chunk, scalar_decay, P):
+    return (torch.empty_like(x), torch.empty_like(x), torch.empty_like(A), torch.empty_like(B), torch.empty_like(C),
+            x.new_empty(x.shape[0], x.shape[2], A.shape[1]))
+
+
+def _setup(ctx, inputs, output):
+    x, dt, A, B, C, h0, chunk, scalar_decay, P = inputs
+    ctx.chunk, ctx.scalar_decay, ctx.P = chunk, scalar_decay, P
+    ctx.save_for_backward(x, dt, A, B, C, output[2])
+
+
+def _backward(ctx, gy, gh, _gckpt):
+    x, dt, A, B, C, ckpt = ctx.saved_tensors
+    gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
+    gh = gh.contiguous() if gh is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    gx, gdt, gA, gB, gC, gh0 = _scan_bwd(x, dt, A, B, C, ckpt, gy, gh, ctx.chunk, ctx.scalar_decay, ctx.P)
+    if ctx.P > 1:  # (B, T, E) -> (B, T, E / P): channels sharing a dt add their gradients
+        gdt = gdt.view(*dt.shape, ctx.P).sum(-1)
+    return gx, gdt, gA, gB, gC, gh0, None, None, None
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def _scan(x, dt, A, B, C, h0, chunk, scalar_decay=False, P=1):
+    y, h_last, _ = _scan_fwd(x, dt, A, B, C, h0, chunk, scalar_decay, P)
+    return y, h_last
 
 
 def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
@@ -86,8 +124,8 @@ def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_fina
 
         return selective_scan(x, dt, A, B, C, D, initial_state, output_final_state)
     h0 = initial_state if initial_state is not None else x.new_zeros(Bsz, E, A.shape[1])
-    y, h = _FusedScan.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-                            h0.float().contiguous(), chunk)
+    y, h = _scan(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
+                 h0.float().contiguous(), chunk)
     if D is not None:
         y = y + x * D
     return y, (h if output_final_state else None)
@@ -111,9 +149,8 @@ def ssd_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=Fal
         xe = x[:, :, heads].reshape(Bsz, T, Hg * P)  # (B, T, E) with channel e = head * P + p
         dth = dt[:, :, heads]  # (B, T, Hg): one dt per head, read by its P channels inside the kernel
         Ae = A[heads, None, None].expand(Hg, P, N).reshape(Hg * P, N)
-        y, h = _FusedScan.apply(xe.contiguous(), dth.contiguous(), Ae.contiguous(), B[:, :, g].contiguous(),
-                                C[:, :, g].contiguous(), h0[:, heads].reshape(Bsz, Hg * P, N).contiguous(), chunk, True,
-                                P)
+        y, h = _scan(xe.contiguous(), dth.contiguous(), Ae.contiguous(), B[:, :, g].contiguous(),
+                     C[:, :, g].contiguous(), h0[:, heads].reshape(Bsz, Hg * P, N).contiguous(), chunk, True, P)
         ys.append(y.view(Bsz, T, Hg, P))
         hs.append(h.view(Bsz, Hg, P, N))
     y = torch.cat(ys, dim=2) if G > 1 else ys[0]

@@ -66,3 +66,18 @@ def test_float64_falls_back_exactly():
 def test_ssd_fused_matches_reference(Bsz, T, H, P, G, N):
     inputs = ssd_inputs(Bsz, T, H, P, G, N, seed=3)
     _compare(_run(scan_cpu.ssd_fused, inputs, {}), _run(ssd_ref, inputs, {}), NAMES)
+
+
+@pytest.mark.parametrize("scalar_decay,P", [(False, 1), (True, 4)])
+def test_custom_ops_pass_torch_opcheck(scalar_decay, P):
+    """bmojo::scan_fwd / scan_bwd are registered custom ops (torch.compile traces through them): their
+    schema, fake (meta) kernels and autograd registration agree with the real kernels."""
+    assert scan_cpu.available()
+    g = seeded(7)
+    Bsz, T, E, N = 2, 19, 8, 4
+    x, B, C = torch.randn(Bsz, T, E, generator=g), torch.randn(Bsz, T, N, generator=g), torch.randn(Bsz, T, N, generator=g)
+    dt = torch.rand(Bsz, T, E // P, generator=g) * 0.2 + 0.01
+    A = -torch.rand(E, N, generator=g) - 0.3
+    h0 = torch.randn(Bsz, E, N, generator=g)
+    args = [t.requires_grad_() for t in (x, dt, A, B, C, h0)]
+    torch.library.opcheck(scan_cpu._scan_fwd, (*args, 8, scalar_decay, P))
