@@ -112,3 +112,17 @@ def test_pickle_only_and_corrupt_weights_are_refused_without_unpickling(tmp_path
         read_hf_dir(folder)
     with pytest.raises(CheckpointError, match="no config.json"):
         read_hf_dir(tmp_path)
+
+
+def test_convert_and_export_commands(tmp_path, capsys):
+    from bmojo.cli.main import main
+
+    src, folder = _saved(_mistral, tmp_path)
+    assert main(["convert", str(folder), str(tmp_path / "ck"), "--window", "none"]) == 0
+    model, _ = load_checkpoint(tmp_path / "ck")
+    assert model.cfg.pattern == "A"  # --window none: full attention
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "hf2")]) == 0
+    assert (tmp_path / "hf2" / "model.safetensors").is_file()
+    assert main(["convert", str(folder), str(tmp_path / "x"), "--window", "-3"]) == 2
+    assert "--window '-3'" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2

@@ -39,6 +39,30 @@ class ByteTokenizer:
     def save(self, folder: str | Path) -> None:
         pass  # fully described by to_dict()
 
+    def as_tokenizers(self):
+        """The same tokenizer as an HF `tokenizers.Tokenizer` (id = byte value): a byte-level BPE with one token
+        per byte and no merges.  Used to hand bmojo models to `transformers` with their tokenizer."""
+        tk = _tokenizers()
+        vocab = {ch: b for b, ch in enumerate(_byte_chars())}
+        tok = tk.Tokenizer(tk.models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        return tok
+
+
+def _byte_chars() -> list[str]:
+    """The printable character byte-level (GPT-2 style) tokenizers use for each byte value 0..255: printable
+    Latin-1 bytes stand for themselves, the others for code points 256, 257, ... in byte order."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
 
 class BPETokenizer:
     """Byte-level BPE (GPT-2 style pre-tokenization, no normalizer, so it round-trips every string)."""
