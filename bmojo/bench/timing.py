@@ -54,7 +54,7 @@ def scan_inputs(kind: str, B: int, T: int, E: int, N: int, P: int, g: torch.Gene
     return [x.to(device).requires_grad_() for x in t]
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
     try:
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"):
@@ -82,7 +82,7 @@ def peak_extra_bytes(fn, device="cpu") -> int | None:
             f.write("5")
     except (OSError, AttributeError):
         return None
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     fn()
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return None if before is None or peak is None else max(0, peak - before) * 1024

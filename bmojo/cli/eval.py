@@ -33,6 +33,42 @@ def add_parser(sub) -> None:
     q.add_argument("--segment", type=int, default=4096, help="stream contexts longer than this many tokens")
     q.add_argument("--out", default=None, help="folder for eval.json and the plot; if not given, CHECKPOINT/../eval")
     q.set_defaults(func=run_ppl)
+    h = esub.add_parser("harness", help="lm-evaluation-harness tasks on a checkpoint (the `eval` extra)",
+                        description="Runs lm-evaluation-harness tasks on a bmojo checkpoint through lm-eval's HF "
+                        "model type (bmojo.hf.harness); prints lm-eval's table and writes its results as JSON.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    h.add_argument("--checkpoint", required=True, help="a checkpoint folder with a tokenizer (`bmojo train`)")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    h.add_argument("--include-path", default=None, help="a folder of your own task YAML files")
+    h.add_argument("--limit", type=float, default=None, help="documents per task (a fraction if < 1)")
+    h.add_argument("--num-fewshot", type=int, default=None)
+    h.add_argument("--batch-size", type=int, default=1, help="requests per forward (generation tasks need 1)")
+    h.add_argument("--out", default=None, help="results JSON; if not given, CHECKPOINT/../harness.json")
+    h.set_defaults(func=run_harness)
+
+
+def run_harness(args) -> int:
+    try:
+        from lm_eval.utils import make_table
+
+        from bmojo.hf.harness import evaluate
+    except ImportError as e:
+        raise ConfigError(f"bmojo eval harness needs lm-eval and transformers: pip install 'bmojo[eval]' ({e})") \
+            from None
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks:
+        raise ConfigError("--tasks: give at least one task name")
+    if args.include_path is not None and not Path(args.include_path).is_dir():
+        raise ConfigError(f"--include-path {args.include_path}: not a folder")
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    res = evaluate(args.checkpoint, tasks, include_path=args.include_path, limit=limit,
+                   num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+    print(make_table(res))
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "harness.json"
+    out.write_text(json.dumps({k: res[k] for k in ("results", "versions", "n-shot", "config") if k in res},
+                              indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
 
 
 def run_ppl(args) -> int:

@@ -9,7 +9,6 @@ unpickling (a folder with only `pytorch_model.bin` is refused).
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from bmojo.config import ConfigError, ModelConfig
 from bmojo.models.presets import preset
 from bmojo.train.checkpoint import CheckpointError
+from bmojo.utils.jsonfile import read_json
 
 SUPPORTED = ("mamba", "llama", "mistral")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5")
@@ -30,21 +30,16 @@ def read_hf_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a folder (expected a Hugging Face model folder with config.json)")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: no config.json here (not a Hugging Face model folder)")
-    try:
-        hf = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{cfg_file}: expected a JSON object")
+    hf = read_json(path / "config.json", CheckpointError, "Hugging Face model folder")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+        weight_map = read_json(index, CheckpointError, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map; not a safetensors index")
+        shards = sorted(set(map(str, weight_map.values())))
+        escaping = [s for s in shards if Path(s).name != s]
+        if escaping:
+            raise CheckpointError(f"{index}: shard names must be plain file names in the folder, got {escaping[:3]}")
         files = [path / s for s in shards]
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
@@ -56,7 +51,7 @@ def read_hf_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path}: no safetensors weights; {why}")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        if Path(f.name).name != f.name or not f.is_file():
+        if not f.is_file():
             raise CheckpointError(f"{f}: weights shard is missing")
         try:
             with safe_open(str(f), framework="pt") as st:
@@ -224,7 +219,7 @@ def convert(src: str | Path, out: str | Path, window: int | str | None = "auto")
     from bmojo.train.checkpoint import save_checkpoint
 
     model = load_hf(src, window)
-    hf = json.loads((Path(src) / "config.json").read_text())
+    hf = read_json(Path(src) / "config.json", CheckpointError, "Hugging Face model folder")
     path = save_checkpoint(out, model, {"source": {"hf_model_type": hf.get("model_type"),
                                                    "hf_architectures": hf.get("architectures"),
                                                    "path": str(Path(src).resolve())}})

@@ -65,6 +65,21 @@ def test_converted_logits_equal_the_source(tmp_path, make, preset, kw):
     assert_close(torch.stack(steps, 1), want, rtol=1e-4, name="decoded logits")
 
 
+def test_sharded_checkpoints_load_and_shard_names_cannot_escape(tmp_path):
+    src = _saved(_llama, tmp_path)[0]
+    src.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = tmp_path / "sharded" / "model.safetensors.index.json"
+    assert index.is_file() and len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    ids = torch.randint(0, V, (1, 12), generator=seeded(5))
+    with torch.no_grad():
+        assert (load_hf(tmp_path / "sharded")(ids).logits - src(ids).logits).abs().max().item() <= 1e-4
+    data = json.loads(index.read_text())
+    data["weight_map"]["lm_head.weight"] = "../../etc/passwd"
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="shard names must be plain file names"):
+        read_hf_dir(tmp_path / "sharded")
+
+
 def _rewrite_config(folder, **changes):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(changes)
@@ -110,7 +125,7 @@ def test_pickle_only_and_corrupt_weights_are_refused_without_unpickling(tmp_path
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         read_hf_dir(folder)
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="config.json: missing"):
         read_hf_dir(tmp_path)
 
 
