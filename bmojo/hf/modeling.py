@@ -114,6 +114,13 @@ class BMojoForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return BMojoCausalLMOutput(loss=loss, logits=logits, bmojo_state=state)
 
+    def generate(self, *args, **kwargs):
+        cfg = kwargs.get("generation_config") or self.generation_config
+        if (kwargs.get("num_beams") or getattr(cfg, "num_beams", 1) or 1) > 1:
+            raise ValueError("bmojo models do not support beam search (num_beams > 1): the decode state cannot be "
+                             "reordered between beams; use greedy decoding or sampling")
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, bmojo_state=None, use_cache=True,
                                       **kwargs):
         if bmojo_state is not None:  # the state holds everything before the newest token

@@ -85,6 +85,8 @@ def test_labels_give_the_shifted_loss_and_padding_is_refused():
     mask[0, 0] = 0
     with pytest.raises(ValueError, match="attention_mask has zeros"):
         hf(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="beam search"):
+        hf.generate(ids, max_new_tokens=3, num_beams=2)
 
 
 def _bpe():
