@@ -20,7 +20,7 @@ from bmojo.train.checkpoint import load_checkpoint
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint (perplexity, length generalisation)", description=__doc__)
+    p = sub.add_parser("eval", help="evaluate a checkpoint (perplexity, length generalisation, lm-eval tasks)", description=__doc__)
     esub = p.add_subparsers(dest="eval_command", metavar="METRIC", required=True)
     q = esub.add_parser("ppl", help="perplexity and bits per byte at 1x..16x the training length",
                         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
