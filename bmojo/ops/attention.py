@@ -121,12 +121,14 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
         vis.append((band[None] & valid[:, None, :])[None, :, None, None])  # (1, nb, 1, 1, C, Kb)
     # 3. one softmax over the concatenated key sets, each block one SDPA call (the CPU kernel fuses the mask,
     # the softmax and both products, forward and backward: about 2x the explicit matmul-softmax-matmul).
-    # Every kept query sees its own raw key, so no kept row is fully masked.
+    # Every kept query sees its own raw key. A fully masked row (none is expected; a padded query at most) is
+    # opened to all keys, so no backend can return NaN there; its output is discarded and its gradient is 0.
     kcat = torch.cat(keys, dim=3).flatten(0, 1)  # (B*nb, Hk, S, Dh)
     vcat = torch.cat(vals, dim=3).flatten(0, 1)
     S = kcat.shape[2]
     mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)  # (B, nb, 1, 1, C, S)
     mask = mask.expand(Bsz, nb, 1, G, C, S).reshape(Bsz * nb, 1, G * C, S)
+    mask = mask | ~mask.any(-1, keepdim=True)
     o = F.scaled_dot_product_attention(qb.flatten(0, 1), kcat, vcat, attn_mask=mask, scale=scale)
     Dv = o.shape[-1]
     o = o.view(Bsz, nb, Hk, G, C, Dv).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dv)
