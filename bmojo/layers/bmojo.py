@@ -24,7 +24,7 @@ from bmojo.config import ModelConfig
 from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_from_stream, ring_positions, ring_read
 from bmojo.layers.ssm import SSMState, make_ssm
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.attention import attend
+from bmojo.ops.attention import attend, window_attention_shares
 from bmojo.ops.rope import apply_rope
 from bmojo.ops.selection import Entries, innovation_scores, memory_update, position_scores, select_memory
 
@@ -75,6 +75,7 @@ class BMojoMixer(Attention):
             self.gate._no_reinit = True
             nn.init.zeros_(self.gate.weight)
         self.aux_loss: torch.Tensor | None = None
+        self.trace: dict | None = None  # a dict turns on recording (parallel mode); see bmojo.eval.inspect
 
     # ---- fading tokens ----------------------------------------------------------------------------------
     def _fading_kv(self, f, cos, sin):
@@ -138,7 +139,7 @@ class BMojoMixer(Attention):
         mem_kw, new_mem = {}, None
         if M > 0:
             f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, D)
-            scores = self._scores(x, f, f_prev0, t0)
+            scores = innovation = self._scores(x, f, f_prev0, t0)
             gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained via memory values
             if gate is not None:
                 scores = scores + gate.detach()
@@ -164,8 +165,14 @@ class BMojoMixer(Attention):
             if return_state:
                 new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0, g_stream)
         # 5. one softmax over [eidetic | fading | raw window]
-        o = WINDOW_ATTN[self.impl](q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs,
-                                   f_start=f_start, scale=self.scale, **mem_kw)
+        attn = WINDOW_ATTN[self.impl] if self.trace is None else window_attention_shares
+        o = attn(q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start,
+                 scale=self.scale, **mem_kw)
+        if self.trace is not None:  # inspection (bmojo.eval.inspect): record what the layer did
+            o, shares = o
+            self.trace.update(shares={name: sh.mean(-1) for name, sh in shares.items()},  # (B, T), head mean
+                              scores=innovation if M > 0 else None,
+                              memory_positions=torch.cat([blocks.pos.flatten(1), mem_end.pos], 1) if M > 0 else None)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
             y = y + f

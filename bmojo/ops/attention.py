@@ -85,15 +85,14 @@ def _frame_blocks(t, t_start, first, length, block, step):
     return blocks.transpose(2, 3), valid[idx].view(nb, block)
 
 
-def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
-                     mem_k=None, mem_v=None, mem_pos=None, scale=None):
-    """Chunked fast path, linear in T: each block of C queries reads C+W-1 raw keys, C+W-1 fading keys and
-    its M memory entries.  Same signature and result as window_attention_ref."""
+def _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start, mem_k, mem_v, mem_pos):
+    """The chunked path's tensors: queries in aligned blocks qb (B*nb, Hk, G*C, Dh), their key and value sets
+    (B*nb, Hk, S, Dh) laid out [memory (M) | fading (C+W-1) | raw (C+W-1)], the visibility mask
+    (B*nb, 1, G*C, S), the sizes of those key segments, and how to undo the blocking (see `_unblock`)."""
     Bsz, T, H, Dh = q.shape
     Hk = k.shape[2]
     G = H // Hk
     W, C = window, (chunk or window)
-    scale = scale if scale is not None else 1.0 / math.sqrt(Dh)
     a0 = q_start - q_start % C
     r = q_start - a0
     nb = num_blocks(q_start, T, C)
@@ -105,34 +104,66 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
     cq = torch.arange(C, device=q.device)[:, None]
     mk = torch.arange(Kb, device=q.device)[None, :]
     band = (mk >= cq) & (mk < cq + W)
-    keys, vals, vis = [], [], []
+    keys, vals, vis, segs = [], [], [], {}
     if mem_k is not None:
         qpos = a0 + torch.arange(Tq, device=q.device).view(nb, C)  # (nb, C)
         mp = mem_pos[:, :, None, :]  # (B, nb, 1, M)
         vis.append(((mp >= 0) & (mp <= qpos[None, :, :, None] - W))[:, :, None, None])  # (B, nb, 1, 1, C, M)
         keys.append(mem_k.transpose(2, 3))  # (B, nb, Hk, M, Dh)
         vals.append(mem_v.transpose(2, 3))
-    for ks, vs, start, first in ((fk, fv, f_start, a0 - 2 * W + 1), (k, v, k_start, a0 - W + 1)):
+        segs["eidetic"] = mem_k.shape[2]
+    for name, ks, vs, start, first in (("fading", fk, fv, f_start, a0 - 2 * W + 1), ("raw", k, v, k_start, a0 - W + 1)):
         if ks is None:
             continue
         kb, valid = _frame_blocks(ks, start, first, Tq + W - 1, Kb, C)
         vb, _ = _frame_blocks(vs, start, first, Tq + W - 1, Kb, C)
         keys.append(kb); vals.append(vb)
         vis.append((band[None] & valid[:, None, :])[None, :, None, None])  # (1, nb, 1, 1, C, Kb)
-    # 3. one softmax over the concatenated key sets, each block one SDPA call (the CPU kernel fuses the mask,
-    # the softmax and both products, forward and backward: about 2x the explicit matmul-softmax-matmul).
-    # Every kept query sees its own raw key. A fully masked row (none is expected; a padded query at most) is
-    # opened to all keys, so no backend can return NaN there; its output is discarded and its gradient is 0.
+        segs[name] = Kb
+    # 3. the concatenated key sets.  Every kept query sees its own raw key; a fully masked row (none is
+    # expected, a padded query at most) is opened to all keys, so no backend can return NaN there: its output
+    # is discarded and its gradient is 0.
     kcat = torch.cat(keys, dim=3).flatten(0, 1)  # (B*nb, Hk, S, Dh)
     vcat = torch.cat(vals, dim=3).flatten(0, 1)
     S = kcat.shape[2]
     mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)  # (B, nb, 1, 1, C, S)
     mask = mask.expand(Bsz, nb, 1, G, C, S).reshape(Bsz * nb, 1, G * C, S)
     mask = mask | ~mask.any(-1, keepdim=True)
-    o = F.scaled_dot_product_attention(qb.flatten(0, 1), kcat, vcat, attn_mask=mask, scale=scale)
-    Dv = o.shape[-1]
-    o = o.view(Bsz, nb, Hk, G, C, Dv).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, Tq, H, Dv)
-    return o[:, r:r + T]
+    return qb.flatten(0, 1), kcat, vcat, mask, segs, (Bsz, nb, Hk, G, C, H, r, T)
+
+
+def _unblock(x, shape):
+    """(B*nb, Hk, G*C, D) per-block rows -> (B, T, H, D) per query."""
+    Bsz, nb, Hk, G, C, H, r, T = shape
+    D = x.shape[-1]
+    return x.reshape(Bsz, nb, Hk, G, C, D).permute(0, 1, 4, 2, 3, 5).reshape(Bsz, nb * C, H, D)[:, r:r + T]
+
+
+def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
+                     mem_k=None, mem_v=None, mem_pos=None, scale=None):
+    """Chunked fast path, linear in T: each block of C queries reads C+W-1 raw keys, C+W-1 fading keys and
+    its M memory entries, in one SDPA call per block (the CPU kernel fuses the mask, the softmax and both
+    products, forward and backward).  Same signature and result as window_attention_ref."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    qb, kcat, vcat, mask, _, shape = _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start,
+                                                    mem_k, mem_v, mem_pos)
+    return _unblock(F.scaled_dot_product_attention(qb, kcat, vcat, attn_mask=mask, scale=scale), shape)
+
+
+def window_attention_shares(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
+                            mem_k=None, mem_v=None, mem_pos=None, scale=None):
+    """`window_attention` with an explicit softmax, also returning where each query's attention went:
+    (output (B, T, H, Dv), shares {"eidetic" | "fading" | "raw": (B, T, H)}), the shares of a query summing
+    to 1 (for inspection: `bmojo inspect`)."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    qb, kcat, vcat, mask, segs, shape = _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start,
+                                                       mem_k, mem_v, mem_pos)
+    p = (qb @ kcat.transpose(-1, -2) * scale).masked_fill(~mask, _neg(q.dtype)).softmax(-1)
+    shares, start = {}, 0
+    for name, n in segs.items():
+        shares[name] = _unblock(p[..., start:start + n].sum(-1, keepdim=True), shape)[..., 0]
+        start += n
+    return _unblock(p @ vcat, shape), shares
 
 
 def causal_attention(q, k, v, k_start=0, scale=None):

@@ -1,0 +1,148 @@
+"""`bmojo inspect`: what each B'MOJO layer did with a text.
+
+For every B'MOJO layer (pattern B or F) of a checkpoint, on one text read in parallel mode from position 0:
+  - each token's innovation score (the eidetic selector's score; layers without eidetic memory have none),
+  - which tokens entered the eidetic memory (held by some query block's memory, or by the final memory),
+  - for each query, the share of its attention (mean over heads) going to the raw window, the fading tokens
+    and the eidetic tokens.  The shares come from the same softmax the model computes
+    (`window_attention_shares`), and sum to 1 per query.
+`report(...)` returns these numbers; `write_html` and `write_png` show them.  The page is self-contained
+(inline CSS and script, no network).  The long-term store (issue 7) will add a fourth share.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import torch
+
+SHARES = ("raw", "fading", "eidetic")
+
+
+@torch.no_grad()
+def report(model, ids: torch.Tensor, token_text: list[str]) -> dict:
+    """ids (T,) -> {"tokens": [...], "layers": [{"index", "kind", "scores", "in_memory", "shares"}, ...]}."""
+    from bmojo.layers.bmojo import BMojoMixer
+
+    mixers = [(i, b.mixer) for i, b in enumerate(model.layers) if isinstance(b.mixer, BMojoMixer)]
+    if not mixers:
+        raise ValueError(f"the model (pattern {model.cfg.pattern!r}) has no B'MOJO layers to inspect")
+    was_training = model.training
+    model.eval()
+    try:
+        for _, m in mixers:
+            m.trace = {}
+        model(ids[None], return_state=False)
+        layers = []
+        T = ids.shape[0]
+        for i, m in mixers:
+            tr = m.trace
+            in_mem = torch.zeros(T, dtype=torch.bool)
+            if tr["memory_positions"] is not None:
+                pos = tr["memory_positions"][0]
+                in_mem[pos[pos >= 0].unique().cpu()] = True
+            shares = {name: tr["shares"].get(name, torch.zeros(1, T))[0].cpu().tolist() for name in SHARES}
+            layers.append({"index": i, "kind": model.cfg.layer_kind(i),
+                           "scores": tr["scores"][0].cpu().tolist() if tr["scores"] is not None else None,
+                           "in_memory": in_mem.tolist(), "shares": shares})
+    finally:
+        for _, m in mixers:
+            m.trace = None
+        model.train(was_training)
+    return {"tokens": token_text, "layers": layers,
+            "config": {k: model.cfg.to_dict()[k] for k in ("pattern", "window", "chunk", "memory_size", "selector")}}
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bmojo inspect: {title}</title>
+<style>
+body {{ font: 14px/1.5 system-ui, sans-serif; margin: 2em; color: #222; }}
+#text {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
+#text span {{ border-bottom: 3px solid transparent; }}
+#text span.mem {{ border-bottom-color: #d62728; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+.key span {{ padding: 0 6px; }}
+</style></head><body>
+<h1>bmojo inspect</h1>
+<p>{summary}</p>
+<p>Layer <select id="layer"></select> &nbsp; colour: <select id="what">
+<option value="score">innovation score</option><option value="raw">share to raw window</option>
+<option value="fading">share to fading tokens</option><option value="eidetic">share to eidetic tokens</option>
+</select> &nbsp; <span class="key">underlined red: entered the eidetic memory</span></p>
+<div id="text"></div>
+<h2>Mean attention share per layer</h2>
+<table id="shares"><tr><th>layer</th><th>kind</th><th>raw window</th><th>fading</th><th>eidetic</th>
+<th>tokens in memory</th></tr></table>
+<script id="data" type="application/json">{data}</script>
+<script>
+const D = JSON.parse(document.getElementById("data").textContent);
+const sel = document.getElementById("layer"), what = document.getElementById("what");
+const mean = a => a.reduce((x, y) => x + y, 0) / Math.max(1, a.length);
+D.layers.forEach((L, j) => {{
+  sel.add(new Option(`${{L.index}} (${{L.kind}})`, j));
+  const row = document.getElementById("shares").insertRow();
+  [L.index, L.kind, mean(L.shares.raw).toFixed(3), mean(L.shares.fading).toFixed(3),
+   mean(L.shares.eidetic).toFixed(3), L.in_memory.filter(Boolean).length].forEach(v => row.insertCell().textContent = v);
+}});
+function draw() {{
+  const L = D.layers[sel.value], key = what.value;
+  const vals = key === "score" ? (L.scores || L.in_memory.map(() => 0)) : L.shares[key];
+  const hi = Math.max(1e-12, ...vals);
+  const box = document.getElementById("text");
+  box.textContent = "";
+  D.tokens.forEach((t, i) => {{
+    const s = document.createElement("span");
+    s.textContent = t;
+    s.style.background = `rgba(31, 119, 180, ${{(vals[i] / hi * 0.85).toFixed(3)}})`;
+    if (L.in_memory[i]) s.className = "mem";
+    s.title = `#${{i}} score ${{L.scores ? L.scores[i].toFixed(4) : "-"}} | raw ${{L.shares.raw[i].toFixed(3)}} ` +
+              `fading ${{L.shares.fading[i].toFixed(3)}} eidetic ${{L.shares.eidetic[i].toFixed(3)}}`;
+    box.appendChild(s);
+  }});
+}}
+sel.onchange = what.onchange = draw;
+draw();
+</script></body></html>
+"""
+
+
+def write_html(rep: dict, path: str | Path, title: str = "") -> Path:
+    """A self-contained page: the text coloured by score or attention share per layer, memory entries marked."""
+    cfg = rep["config"]
+    summary = html.escape(f"{len(rep['tokens'])} tokens; pattern {cfg['pattern']}, window {cfg['window']}, "
+                          f"chunk {cfg['chunk']}, memory {cfg['memory_size']}, selector {cfg['selector']}")
+    data = json.dumps({"tokens": rep["tokens"], "layers": rep["layers"]}).replace("</", "<\\/")
+    path = Path(path)
+    path.write_text(PAGE.format(title=html.escape(title), summary=summary, data=data), encoding="utf-8")
+    return path
+
+
+def write_png(rep: dict, path: str | Path) -> Path:
+    """Per layer: innovation score over positions with memory entries marked, and the attention shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = rep["layers"]
+    fig, axes = plt.subplots(len(layers), 2, figsize=(12, 2.4 * len(layers)), squeeze=False)
+    for row, L in zip(axes, layers):
+        x = range(len(rep["tokens"]))
+        if L["scores"] is not None:
+            row[0].plot(x, L["scores"], lw=0.8, color="tab:blue")
+            mem = [i for i, m in enumerate(L["in_memory"]) if m]
+            row[0].scatter(mem, [L["scores"][i] for i in mem], s=8, color="tab:red", zorder=3, label="entered memory")
+            row[0].legend(fontsize=7, loc="upper right")
+        row[0].set_ylabel(f"layer {L['index']} ({L['kind']})\ninnovation score", fontsize=8)
+        row[1].stackplot(x, *[L["shares"][k] for k in SHARES], labels=SHARES, alpha=0.8)
+        row[1].set_ylim(0, 1)
+        row[1].set_ylabel("attention share", fontsize=8)
+        row[1].legend(fontsize=7, loc="lower left")
+    axes[-1][0].set_xlabel("token position")
+    axes[-1][1].set_xlabel("query position")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

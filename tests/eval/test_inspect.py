@@ -1,0 +1,84 @@
+"""`bmojo inspect`: the numbers it reports are the model's own (shares from the same softmax, summing to 1;
+memory membership from the layer's selection), and the page is self-contained and renders."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from bmojo import BMojoLM
+from bmojo.data.text.tokenizer import ByteTokenizer
+from bmojo.eval.inspect import report
+from bmojo.ops.attention import window_attention, window_attention_shares
+from bmojo.train.checkpoint import save_checkpoint
+from tests.helpers import assert_close, seeded, tiny
+from tests.ops.test_attention import CASES, _inputs
+
+
+@pytest.mark.parametrize("T,W,C,q0,M", CASES)
+def test_shares_come_from_the_same_attention(T, W, C, q0, M):
+    t, kw = _inputs(T, W, C, q0, M, seeded(T + 2 * W))
+    args = (t["q"], t["k"], t["v"], W)
+    extra = dict(fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw)
+    with torch.no_grad():
+        o, shares = window_attention_shares(*args, **extra)
+        assert_close(o, window_attention(*args, **extra), name="output")
+    total = sum(shares.values())
+    assert_close(total, torch.ones_like(total), name="shares sum to 1")
+
+
+def _model():
+    torch.manual_seed(0)
+    return BMojoLM(tiny("bmojo", vocab_size=256)).eval()
+
+
+def test_report_matches_the_model_internals():
+    model = _model()
+    ids = torch.randint(1, 256, (60,), generator=seeded(3))
+    rep = report(model, ids, [chr(65 + i % 26) for i in range(60)])
+    W = model.cfg.window
+    with torch.no_grad():
+        state = model(ids[None], return_state=True).state
+    for L, layer_state in zip(rep["layers"], state.layers):
+        raw = torch.tensor(L["shares"]["raw"])
+        assert torch.allclose(raw[:W], torch.ones(W))  # nothing older than the window exists yet
+        assert all(abs(sum(L["shares"][k][i] for k in L["shares"]) - 1) < 1e-5 for i in range(60))
+        final = layer_state.mem.pos[0]
+        assert all(L["in_memory"][p] for p in final[final >= 0].tolist())  # the final memory is marked
+        assert sum(L["in_memory"]) >= int((final >= 0).sum())
+        assert len(L["scores"]) == 60 and min(L["scores"]) >= 0
+    assert all(m.trace is None for m in (b.mixer for b in model.layers))  # recording switched off again
+    with torch.no_grad():  # and the model computes as before
+        assert torch.equal(model(ids[None]).logits, _model()(ids[None]).logits)
+
+
+def test_command_writes_a_self_contained_page_that_renders(tmp_path):
+    from bmojo.cli.main import main
+
+    save_checkpoint(tmp_path / "ck", _model(), {"tokenizer": ByteTokenizer().to_dict()})
+    text = "def f(x):\n    return x + 1  # a comment </script><b>not html</b>\n" * 3
+    assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--text", text, "--out", str(tmp_path / "o")]) == 0
+    page = (tmp_path / "o" / "inspect.html").read_text()
+    assert "http://" not in page and "https://" not in page  # no network
+    assert page.count("</script>") == 2  # the text cannot close the data block
+    rep = json.loads((tmp_path / "o" / "inspect.json").read_text())
+    assert "".join(rep["tokens"]) == text and len(rep["layers"]) == 2
+    assert (tmp_path / "o" / "inspect.png").stat().st_size > 10_000
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium (Debian's `chromium`) is not installed")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (tmp_path / "o" / "inspect.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('<span class="mem"') + dom.stdout.count("<span ") >= len(rep["tokens"])  # drawn
+    assert "<td>0</td>" in dom.stdout or "<td>1</td>" in dom.stdout  # the share table was filled in
+
+
+def test_inspect_refuses_models_without_bmojo_layers(tmp_path):
+    from bmojo.cli.main import main
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck", BMojoLM(tiny("transformer", vocab_size=256)), {"tokenizer": ByteTokenizer().to_dict()})
+    assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--text", "abc"]) == 2
+    assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--text", "", "--out", str(tmp_path / "o")]) == 2
