@@ -7,9 +7,8 @@ import sys
 import torch
 
 from bmojo.config import ConfigError
-from bmojo.data.text.tokenizer import load_tokenizer
 from bmojo.inference import generate
-from bmojo.train.checkpoint import load_checkpoint
+from bmojo.train.checkpoint import load_lm_checkpoint
 
 
 def add_parser(sub) -> None:
@@ -50,10 +49,7 @@ class StreamDecoder:
 
 
 def run(args) -> int:
-    model, meta = load_checkpoint(args.checkpoint)
-    if "tokenizer" not in meta:
-        raise ConfigError(f"{args.checkpoint}: the checkpoint has no tokenizer (trained on a synthetic task?)")
-    tok = load_tokenizer(meta["tokenizer"], meta["_path"])
+    model, _, tok = load_lm_checkpoint(args.checkpoint)
     ids = tok.encode(args.prompt).tolist()
     if not ids:
         raise ConfigError("--prompt: must not be empty")

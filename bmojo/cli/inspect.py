@@ -26,15 +26,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from bmojo.config import ConfigError
-    from bmojo.data.text.tokenizer import load_tokenizer
     from bmojo.eval.inspect import report, write_html, write_png
-    from bmojo.train.checkpoint import load_checkpoint
+    from bmojo.train.checkpoint import load_lm_checkpoint
 
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens={args.max_tokens}: must be >= 1")
-    model, meta = load_checkpoint(args.checkpoint)
-    if "tokenizer" not in meta:
-        raise ConfigError(f"{args.checkpoint}: the checkpoint has no tokenizer (trained on a synthetic task?)")
+    model, _, tok = load_lm_checkpoint(args.checkpoint)
     if args.file is not None:
         try:
             text = Path(args.file).read_text(encoding="utf-8")
@@ -42,7 +39,6 @@ def run(args) -> int:
             raise ConfigError(f"--file {args.file}: cannot read it as UTF-8 text ({e})") from None
     else:
         text = args.text
-    tok = load_tokenizer(meta["tokenizer"], meta["_path"])
     ids = torch.as_tensor(tok.encode(text)[:args.max_tokens], dtype=torch.long)
     if ids.numel() == 0:
         raise ConfigError("the text is empty")

@@ -18,16 +18,12 @@ def harness_model(checkpoint: str | Path, batch_size: int = 1, device: str = "cp
     """An lm-eval `HFLM` over the checkpoint's model and tokenizer."""
     from lm_eval.models.huggingface import HFLM
 
-    from bmojo.config import ConfigError
-    from bmojo.data.text.tokenizer import load_tokenizer
     from bmojo.hf.export import hf_tokenizer
     from bmojo.hf.modeling import BMojoForCausalLM
-    from bmojo.train.checkpoint import load_checkpoint
+    from bmojo.train.checkpoint import load_lm_checkpoint
 
-    model, meta = load_checkpoint(checkpoint, device=device)
-    if "tokenizer" not in meta:
-        raise ConfigError(f"{checkpoint}: the checkpoint has no tokenizer (trained on a synthetic task?)")
-    tok = hf_tokenizer(load_tokenizer(meta["tokenizer"], meta["_path"]))
+    model, _, tok = load_lm_checkpoint(checkpoint, device=device)
+    tok = hf_tokenizer(tok)
     return HFLM(pretrained=BMojoForCausalLM.from_bmojo(model).eval(), tokenizer=tok, batch_size=batch_size,
                 device=device, max_length=model.cfg.max_seq_len)
 

@@ -103,6 +103,17 @@ def load_checkpoint(path: str | Path, device="cpu"):
     return model, info
 
 
+def load_lm_checkpoint(path: str | Path, device="cpu"):
+    """-> (model, meta, tokenizer) of a language-model checkpoint; a clear error if it carries no tokenizer."""
+    from bmojo.config import ConfigError
+    from bmojo.data.text.tokenizer import load_tokenizer
+
+    model, meta = load_checkpoint(path, device)
+    if "tokenizer" not in meta:
+        raise ConfigError(f"{path}: the checkpoint has no tokenizer (trained on a synthetic task?)")
+    return model, meta, load_tokenizer(meta["tokenizer"], meta["_path"])
+
+
 def load_weights(model, file: Path) -> None:
     if not file.is_file():
         raise CheckpointError(f"{file}: weights file is missing")
