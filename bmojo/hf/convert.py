@@ -62,11 +62,9 @@ def read_hf_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return hf, tensors
 
 
-def _need(hf: dict, key: str, arch: str, default=None):
-    if key in hf and hf[key] is not None:
+def _need(hf: dict, key: str, arch: str):
+    if hf.get(key) is not None:
         return hf[key]
-    if default is not None:
-        return default
     raise CheckpointError(f"config.json of a {arch} model has no {key!r}")
 
 

@@ -105,7 +105,7 @@ class BMojoForCausalLM(PreTrainedModel, GenerationMixin):
                              "equal length, or one at a time)")
         if bmojo_state is not None and input_ids.shape[1] == 1:
             logits, state = self.model.step(input_ids[:, 0], bmojo_state)
-            logits, state = logits[:, None], state
+            logits = logits[:, None]
         else:
             out = self.model(input_ids, bmojo_state, return_state=bool(use_cache) or bmojo_state is not None)
             logits, state = out.logits, out.state

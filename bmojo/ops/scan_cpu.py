@@ -49,12 +49,7 @@ def error() -> str | None:
 
 def _runs_here(*tensors) -> bool:
     """Whether the C++ kernels take these tensors: float32 on the CPU, and the extension built."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and \
-        (_ext is not None or _available_outside_graph())
-
-
-# building or loading the extension (file system, compiler) cannot be traced by torch.compile: run it eagerly
-_available_outside_graph = torch.compiler.disable(available)
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
 
 
 # The kernels as torch custom ops, so that torch.compile traces through them (no graph break) and autograd
