@@ -3,7 +3,9 @@ lengths.
 
 --factors 1,2,4,8,16 (the default) scores the checkpoint at those multiples of its training length over the same
 test tokens, taken from documents at least 16x the training length long; contexts longer than --segment are
-streamed through the recurrent mode.  Writes eval.json and a plot of loss against token position."""
+streamed through the recurrent mode.  With --storage DIR every window also gets a fresh long-term store in DIR
+(tokens evicted from the eidetic memory, retrieved by later queries; DIR is overwritten).  Writes eval.json and a
+plot of loss against token position."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +15,11 @@ import sys
 from pathlib import Path
 
 from bmojo.config import ConfigError
+from bmojo.cli.memory import add_store_args, open_store
 from bmojo.data.text.corpus import TokenCorpus
 from bmojo.eval.compare import render_table
 from bmojo.eval.ppl import eval_regions, length_eval, plot_position_loss
+from bmojo.memory import clear
 from bmojo.train.checkpoint import load_checkpoint
 
 
@@ -32,6 +36,7 @@ def add_parser(sub) -> None:
     q.add_argument("--regions", type=int, default=16, help="evaluation regions (of the longest context) to score")
     q.add_argument("--segment", type=int, default=4096, help="stream contexts longer than this many tokens")
     q.add_argument("--out", default=None, help="folder for eval.json and the plot; if not given, CHECKPOINT/../eval")
+    add_store_args(q)
     q.set_defaults(func=run_ppl)
     h = esub.add_parser("harness", help="lm-evaluation-harness tasks on a checkpoint (the `eval` extra)",
                         description="Runs lm-evaluation-harness tasks on a bmojo checkpoint through lm-eval's HF "
@@ -93,14 +98,20 @@ def run_ppl(args) -> int:
         sys.stderr.write("\n" if done == total else "")
         sys.stderr.flush()
 
-    res = length_eval(model, regions, lengths, corpus.tokenizer.token_bytes(), segment=args.segment, progress=progress)
+    def fresh_store(rows):  # every window reads from its own long-term store, made in --storage
+        clear(args.storage)
+        return open_store(args, model, rows)
+
+    res = length_eval(model, regions, lengths, corpus.tokenizer.token_bytes(), segment=args.segment, progress=progress,
+                      open_store=fresh_store if args.storage else None)
     rows = [[str(L), f"{L / T:g}x", f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['bpb']:.4f}", str(r["windows"])]
             for L, r in res.items()]
     print(render_table(["context", "x train", "loss", "ppl", "bits/byte", "windows"], rows))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(args.checkpoint), "corpus": str(corpus.folder), "split": args.split,
-               "train_len": T, "regions": len(regions), "results": {str(L): r for L, r in res.items()}}
+               "train_len": T, "regions": len(regions), "storage": args.storage,
+               "results": {str(L): r for L, r in res.items()}}
     (out / "eval.json").write_text(json.dumps(summary))
     png = plot_position_loss({f"context {L}": r["per_position"] for L, r in res.items()}, T, out / "position_loss.png",
                              f"{meta['lm']['preset']} on {corpus.manifest['corpus']} ({args.split})")

@@ -1,4 +1,9 @@
-"""`bmojo generate`: continue a prompt with a trained checkpoint, streaming the text as it is produced."""
+"""`bmojo generate`: continue a prompt with a trained checkpoint, streaming the text as it is produced.
+
+With --storage DIR, tokens that leave a B'MOJO layer's eidetic memory go to a long-term store in DIR and are
+retrieved by later queries; the decode state is saved there at the end, so the next call with the same DIR
+continues the same stream (its prompt follows the text of the earlier calls).  `bmojo memory info DIR` shows
+its size, `bmojo memory clear DIR` forgets it."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +12,9 @@ import sys
 import torch
 
 from bmojo.config import ConfigError
+from bmojo.cli.memory import add_store_args, open_store
 from bmojo.inference import generate
+from bmojo.memory.session import load_session, save_session
 from bmojo.train.checkpoint import load_lm_checkpoint
 
 
@@ -21,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_store_args(p)
     p.set_defaults(func=run)
 
 
@@ -55,9 +63,26 @@ def run(args) -> int:
         raise ConfigError("--prompt: must not be empty")
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens}: must be >= 0")
+    store = state = None
+    if args.storage:
+        store = open_store(args, model)
+        state = load_session(store, model)
+        if state.pos:
+            print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
     stream = StreamDecoder(tok, ids)
     sys.stdout.write(args.prompt)
-    generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-             top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]))
-    stream.finish()
+    try:
+        _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]),
+                            state=state, return_state=True)
+        stream.finish()
+        if store is not None:
+            save_session(store, state)
+            info = store.info()
+            print(f"[store {args.storage}: {sum(info['entries'].values())} entries, {info['disk_bytes'] / 2**20:.2f} "
+                  f"MiB on disk, index {info['index_bytes'] / 2**20:.2f} MiB in RAM; session at {state.pos} tokens]",
+                  file=sys.stderr)
+    finally:
+        if store is not None:
+            store.close()
     return 0

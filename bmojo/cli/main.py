@@ -9,7 +9,7 @@ from bmojo import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bmojo.cli import bench, compare, convert, data, demo, eval, export, generate, inspect, train
+    from bmojo.cli import bench, compare, convert, data, demo, eval, export, generate, inspect, memory, train
 
     ap = argparse.ArgumentParser(prog="bmojo", description="B'MOJO sequence models with eidetic and fading memory, "
                                  "and the Transformer, Mamba and hybrid special cases, on equal terms.")
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log backend choices and settings")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    for cmd in (demo, compare, data, train, eval, generate, inspect, bench, convert, export):
+    for cmd in (demo, compare, data, train, eval, generate, inspect, memory, bench, convert, export):
         cmd.add_parser(sub)
     return ap
 

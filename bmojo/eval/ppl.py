@@ -34,13 +34,14 @@ def eval_regions(docs: list[np.ndarray], span: int, max_regions: int) -> list[np
 
 
 @torch.no_grad()
-def window_losses(model, inputs: torch.Tensor, labels: torch.Tensor, segment: int) -> torch.Tensor:
-    """(B, L) inputs and labels -> (B, L) per-token cross entropy (nats).  L > segment streams in segments."""
+def window_losses(model, inputs: torch.Tensor, labels: torch.Tensor, segment: int, store=None) -> torch.Tensor:
+    """(B, L) inputs and labels -> (B, L) per-token cross entropy (nats).  L > segment streams in segments.
+    `store` (a bmojo.memory.Store with B rows, empty) gives the B'MOJO layers a long-term store."""
     B, L = inputs.shape
-    if L <= segment:
+    if L <= segment and store is None:
         logits = model(inputs).logits
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(B, L)
-    state = model.init_state(B, inputs.device, capacity=L)
+    state = model.init_state(B, inputs.device, capacity=L, store=store)
     out = []
     for s in range(0, L, segment):
         res = model(inputs[:, s:s + segment], state, return_state=True)
@@ -53,9 +54,10 @@ def window_losses(model, inputs: torch.Tensor, labels: torch.Tensor, segment: in
 
 @torch.no_grad()
 def length_eval(model, regions: list[np.ndarray], lengths: list[int], token_bytes: np.ndarray, *,
-                segment: int = 4096, tokens_per_batch: int = 16384, progress=None) -> dict[int, dict]:
+                segment: int = 4096, tokens_per_batch: int = 16384, progress=None, open_store=None) -> dict[int, dict]:
     """For every context length L dividing the region span: loss, perplexity, bits per byte and the mean loss
-    at each position 0..L-1, over the same target tokens."""
+    at each position 0..L-1, over the same target tokens.  `open_store(rows)` -> an empty bmojo.memory.Store
+    gives every window a fresh long-term store (its largest size is reported as `store`)."""
     span = len(regions[0]) - 1
     was = model.training
     model.eval()
@@ -69,14 +71,25 @@ def length_eval(model, regions: list[np.ndarray], lengths: list[int], token_byte
         x, y = x_all.reshape(-1, L), y_all.reshape(-1, L)  # (R * span / L, L) windows
         per_pos = torch.zeros(L, dtype=torch.float64)
         bs = max(1, tokens_per_batch // L)
+        store_sizes = []
         for i in range(0, x.shape[0], bs):
-            per_pos += window_losses(model, x[i:i + bs], y[i:i + bs], segment).double().sum(0)
+            store = open_store(min(bs, x.shape[0] - i)) if open_store is not None else None
+            try:
+                per_pos += window_losses(model, x[i:i + bs], y[i:i + bs], segment, store).double().sum(0)
+            finally:
+                if store is not None:
+                    store.close()
+                    store_sizes.append(store.info())
             if progress is not None:
                 progress(L, min(i + bs, x.shape[0]), x.shape[0])
         per_pos /= x.shape[0]
         loss = per_pos.mean().item()
         out[L] = {"loss": loss, "ppl": math.exp(loss), "bpb": per_pos.sum().item() * x.shape[0] / math.log(2) / nbytes,
                   "windows": x.shape[0], "tokens": x.numel(), "per_position": per_pos.tolist()}
+        if store_sizes:
+            out[L]["store"] = {"entries_per_window": max(sum(d["entries"].values()) / d["rows"] for d in store_sizes),
+                               "max_disk_bytes": max(d["disk_bytes"] for d in store_sizes),
+                               "max_index_bytes": max(d["index_bytes"] for d in store_sizes)}
     model.train(was)
     return out
 

@@ -12,13 +12,15 @@ from bmojo.inference.sampling import sample_next
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_token: int | None = None, callback: Callable[[torch.Tensor], None] | None = None,
-             capacity: int | None = None) -> torch.Tensor:
+             capacity: int | None = None, state=None, return_state: bool = False):
     """prompt (B, T) -> (B, T + n) with n <= max_new_tokens new tokens.
 
     temperature 0 is greedy; otherwise tokens are sampled (top_k / top_p filters) from a generator seeded
     with `seed`.  Generation stops early once every sequence has produced `stop_token` (sequences that
     stopped keep emitting `stop_token`).  `callback(tokens (B,))` is called for every new token.
-    `capacity` sizes full-attention caches (default: prompt + max_new_tokens)."""
+    `capacity` sizes full-attention caches (default: prompt + max_new_tokens).  `state` continues a stream from
+    an earlier decode state (for example a reloaded session with its long-term store, bmojo.memory.session);
+    `return_state` also returns the state after every returned token (the last one fed to the model too)."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
@@ -30,7 +32,8 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         gen = torch.Generator(device=prompt.device)
         gen.manual_seed(seed)
     B, T = prompt.shape
-    state = model.init_state(B, prompt.device, capacity=capacity or max(T + max_new_tokens, 1))
+    if state is None:
+        state = model.init_state(B, prompt.device, capacity=capacity or max(T + max_new_tokens, 1))
     out = model(prompt, state, return_state=True)
     logits, state = out.logits[:, -1], out.state
     tokens = [prompt]
@@ -46,5 +49,8 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         if bool(done.all()) or n == max_new_tokens - 1:
             break
         logits, state = model.step(nxt, state)
+    if return_state and len(tokens) > 1:  # the state covers every token returned, the last one too
+        state = model.step(tokens[-1][:, 0], state)[1]
     model.train(was_training)
-    return torch.cat(tokens, dim=1)
+    out = torch.cat(tokens, dim=1)
+    return (out, state) if return_state else out

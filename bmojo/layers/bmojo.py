@@ -47,6 +47,7 @@ class BMojoState(AttentionState):
     fk: torch.Tensor | None = None  # (B, 2W, Hk, Dh) fading keys delay line
     fv: torch.Tensor | None = None
     mem: MemoryState | None = None
+    store: object | None = None  # bmojo.memory.LayerStore: the long-term store, when one is attached
 
 
 class BMojoMixer(Attention):
@@ -115,6 +116,7 @@ class BMojoMixer(Attention):
         B, T, D = x.shape
         W, C, M = self.window, self.chunk, self.memory_size
         t0 = state.pos if state is not None else 0
+        store = state.store if (state is not None and M > 0) else None
         self.aux_loss = None
         # 1. attention input and fading memory (the SSM reads the layer input)
         a, conv_state = self._attn_input(x, state, return_state)
@@ -154,9 +156,11 @@ class BMojoMixer(Attention):
                 mem0, pend = Entries.empty(B, M, x.device), Entries.empty(B, 0, x.device)
                 table_k, table_v = torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1), \
                     torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs_mem], 1)
+            evictions = [] if store is not None else None
             blocks, mem_end, pend_end = select_memory(scores, start=t0, chunk=C, mem=mem0, pending=pend,
                                                       src_offset=M + t0 - k_start, rule=self.rule,
-                                                      decay=self.decay, per_chunk=self.per_chunk)
+                                                      decay=self.decay, per_chunk=self.per_chunk,
+                                                      evictions=evictions)
             bi = torch.arange(B, device=x.device)[:, None]
             nb = blocks.src.shape[1]
             src = blocks.src.clamp(min=0).view(B, nb * M)
@@ -164,12 +168,16 @@ class BMojoMixer(Attention):
                           mem_v=table_v[bi, src].view(B, nb, M, *vs.shape[2:]), mem_pos=blocks.pos)
             if return_state:
                 new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0, g_stream)
-        # 5. one softmax over [eidetic | fading | raw window]
-        attn = WINDOW_ATTN[self.impl] if self.trace is None else window_attention_shares
+        # 5. one softmax over [store | eidetic | fading | raw window]
+        if store is not None:  # each query block reads the store as it stood after the previous chunk
+            mem_kw["extra"] = self._store_read(store, q, t0, evictions, table_k, table_v)
+        explicit = self.trace is not None or store is not None
+        attn = window_attention_shares if explicit else WINDOW_ATTN[self.impl]
         o = attn(q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start,
                  scale=self.scale, **mem_kw)
-        if self.trace is not None:  # inspection (bmojo.eval.inspect): record what the layer did
+        if explicit:
             o, shares = o
+        if self.trace is not None:  # inspection (bmojo.eval.inspect): record what the layer did
             self.trace.update(shares={name: sh.mean(-1) for name, sh in shares.items()},  # (B, T), head mean
                               scores=innovation if M > 0 else None,
                               memory_positions=torch.cat([blocks.pos.flatten(1), mem_end.pos], 1) if M > 0 else None)
@@ -183,7 +191,48 @@ class BMojoMixer(Attention):
         if self.fading:
             fk_ring = ring_from_stream(fks, f_start, t0 + T, 2 * W)
             fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * W)
-        return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem)
+        return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem, store)
+
+    # ---- long-term store (bmojo.memory) -----------------------------------------------------------------
+    def _store_add(self, store, lost, keys, values):
+        """Send the pool entries that lost an update (src indexing keys/values (B, n, Hk, Dh)) to the store."""
+        bi = torch.arange(keys.shape[0], device=keys.device)[:, None]
+        k, v = keys[bi, lost.src.clamp(min=0)], values[bi, lost.src.clamp(min=0)]
+        for row in range(keys.shape[0]):
+            real = lost.pos[row] >= 0
+            store.add(row, lost.pos[row][real], k[row][real], v[row][real])
+
+    def _store_search(self, store, q, qpos):
+        """q (B, n, H, Dh) at positions qpos (n,) -> per-query retrieved (keys, values (B, n, H, K, Dh), visible
+        (B, n, H, K)), read from the store as it stands."""
+        K = store.store.cfg.topk
+        B, n, H, Dh = q.shape
+        ek = q.new_zeros(B, n, H, K, Dh)
+        ev, evis = torch.zeros_like(ek), torch.zeros(B, n, H, K, dtype=torch.bool, device=q.device)
+        for row in range(B):
+            ix = store.index[row]
+            if ix.n == 0 or int(ix.pos[:ix.n].min()) > int(qpos[-1]) - self.window:
+                continue  # nothing visible yet
+            ids, keys, _ = ix.search(q[row].detach().cpu(), qpos.cpu(), self.window, K)
+            ek[row], evis[row] = keys.to(ek), (ids >= 0).to(q.device)
+            ev[row] = store.values(ids.clamp(min=0), (torch.arange(H) // (H // store.kv_heads))[:, None]).to(ev)
+        return ek, ev, evis
+
+    def _store_read(self, store, q, t0, evictions, table_k, table_v):
+        """Parallel mode: query block b reads the store after the updates before it; the updates' losers are
+        added as the blocks advance (and those of a final complete update after the last block)."""
+        B, T = q.shape[:2]
+        C = self.chunk
+        a0 = t0 - t0 % C
+        parts = []
+        for b in range((t0 % C + T + C - 1) // C):
+            if b > 0:
+                self._store_add(store, evictions[b - 1], table_k, table_v)
+            lo, hi = max(a0 + b * C, t0), min(a0 + (b + 1) * C, t0 + T)
+            parts.append(self._store_search(store, q[:, lo - t0:hi - t0], torch.arange(lo, hi)))
+        if len(evictions) == len(parts):  # the last chunk completed: its update's losers go in too
+            self._store_add(store, evictions[-1], table_k, table_v)
+        return tuple(torch.cat(x, 1) for x in zip(*parts))
 
     def _gated_values(self, vs, gate, state, t0, k_start):
         """Values as stored in memory: scaled by sigmoid(gate) when the selection gate is on.  The gate
@@ -232,11 +281,14 @@ class BMojoMixer(Attention):
             p = ring_positions(i + 1, 2 * W, x_t.device)
             keys.insert(0, state.fk); vals.insert(0, state.fv)
             vis.insert(0, ((p >= 0) & (p <= i - W)).expand(B, -1))
+        extra = None
         if M > 0:
             mem = state.mem
             keys.insert(0, mem.k); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
-        o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale)
+            if state.store is not None:
+                extra = tuple(t[:, 0] for t in self._store_search(state.store, q[:, None], torch.tensor([i])))
+        o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale, extra)
         y = self.o_proj(o.reshape(B, -1))
         if self.ssm_residual:
             y = y + f_t
@@ -265,10 +317,14 @@ class BMojoMixer(Attention):
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
         cur = Entries(mem.prio, mem.pos, torch.arange(M, device=dev).expand(B, M))
         cand = Entries(mem.pend_prio, mem.pend_pos, M + torch.arange(C, device=dev).expand(B, C))
-        new = memory_update(cur, cand, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
+        new, lost = memory_update(cur, cand, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk,
+                                  evicted=True)
         src = new.src.clamp(min=0)
-        mem.k.copy_(torch.cat([mem.k, cand_k], 1)[bi, src])
-        mem.v.copy_(torch.cat([mem.v, cand_v], 1)[bi, src])
+        pool_k, pool_v = torch.cat([mem.k, cand_k], 1), torch.cat([mem.v, cand_v], 1)
+        if state.store is not None:
+            self._store_add(state.store, lost, pool_k, pool_v)
+        mem.k.copy_(pool_k[bi, src])
+        mem.v.copy_(pool_v[bi, src])
         mem.prio.copy_(new.prio)
         mem.pos.copy_(new.pos)
         mem.pend_prio.fill_(float("-inf"))

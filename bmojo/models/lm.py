@@ -120,12 +120,22 @@ class BMojoLM(nn.Module):
         state.pos += 1
         return self.lm_head(self.norm_f(h)), state
 
-    def init_state(self, batch: int, device=None, dtype=None, capacity: int | None = None) -> ModelState:
-        """An empty decode state.  `capacity` sizes full-attention caches (default cfg.max_seq_len)."""
+    def init_state(self, batch: int, device=None, dtype=None, capacity: int | None = None,
+                   store=None) -> ModelState:
+        """An empty decode state.  `capacity` sizes full-attention caches (default cfg.max_seq_len).  `store` (a
+        bmojo.memory.Store opened for this model with `batch` rows) attaches the long-term store: the B layers
+        send what leaves their eidetic memory to it and read it back in every later chunk."""
         p = self.embed.weight
         device = device if device is not None else p.device
         dtype = dtype if dtype is not None else p.dtype
         layers = [b.mixer.init_state(batch, device, dtype, capacity) for b in self.layers]
+        if store is not None:
+            if store.spec["fingerprint"] != self.cfg.fingerprint():
+                raise ValueError(f"store {store.folder} was made for another model")
+            if store.rows != batch:
+                raise ValueError(f"store {store.folder} holds {store.rows} sequence(s), the state is for batch {batch}")
+            for i, ls in store.layers.items():
+                layers[i].store = ls
         return ModelState(layers, 0, self.cfg.fingerprint())
 
     # ---- accounting -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ A query at absolute position i sees
   - raw keys j with i - W < j <= i                       (the sliding window, W keys including itself)
   - fading keys j with i - 2W < j <= i - W              (SSM outputs, projected to keys/values)
   - eidetic entries of its query block with 0 <= pos <= i - W  (the memory as it stood before the block)
+  - optionally (`extra`), its own per-head entries retrieved from the long-term store (bmojo.memory)
 Query blocks are aligned to absolute multiples of `chunk` (C <= W).
 
 Streams: k, v (B, Tk, Hk, Dh) hold keys at positions k_start .. k_start+Tk-1 (they must cover
@@ -30,21 +31,31 @@ def _neg(dtype):
     return torch.finfo(dtype).min  # finite, so fully masked (discarded) rows never produce NaN
 
 
-def attend(q, keys, values, visible, scale):
+def attend(q, keys, values, visible, scale, extra=None):
     """One softmax for a few queries over an explicit key set.
-    q (B, H, Dh); keys, values (B, S, Hk, Dh); visible (B, S) bool -> (B, H, Dh)."""
+    q (B, H, Dh); keys, values (B, S, Hk, Dh); visible (B, S) bool -> (B, H, Dh).
+    `extra` = (keys, values (B, H, K, Dh), visible (B, H, K)): per-head entries (retrieved from the store) that
+    join the same softmax."""
     Bsz, H, Dh = q.shape
     Hk = keys.shape[2]
     qg = q.view(Bsz, Hk, H // Hk, Dh)
     s = torch.einsum("bkgd,bskd->bkgs", qg, keys) * scale
     s = s.masked_fill(~visible[:, None, None, :], _neg(s.dtype))
-    o = torch.einsum("bkgs,bskd->bkgd", s.softmax(-1), values)
-    return o.reshape(Bsz, H, values.shape[-1])
+    if extra is None:
+        o = torch.einsum("bkgs,bskd->bkgd", s.softmax(-1), values)
+        return o.reshape(Bsz, H, values.shape[-1])
+    ek, ev, evis = extra
+    se = (torch.einsum("bhd,bhkd->bhk", q, ek) * scale).masked_fill(~evis, _neg(s.dtype))
+    p = torch.cat([s.reshape(Bsz, H, -1), se], -1).softmax(-1)
+    S = keys.shape[1]
+    o = torch.einsum("bkgs,bskd->bkgd", p[..., :S].reshape(Bsz, Hk, H // Hk, S), values).reshape(Bsz, H, -1)
+    return o + torch.einsum("bhk,bhkd->bhd", p[..., S:], ev)
 
 
 def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
-                         mem_k=None, mem_v=None, mem_pos=None, scale=None):
-    """Sequential reference: gathers each query's key set explicitly, one softmax per query."""
+                         mem_k=None, mem_v=None, mem_pos=None, scale=None, extra=None):
+    """Sequential reference: gathers each query's key set explicitly, one softmax per query (with `extra`, as in
+    `window_attention_shares`, each query's retrieved entries too)."""
     Bsz, T, H, Dh = q.shape
     W, C = window, (chunk or window)
     scale = scale if scale is not None else 1.0 / math.sqrt(Dh)
@@ -65,7 +76,8 @@ def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, f
         lo = max(0, i - W + 1, k_start)
         keys.append(k[:, lo - k_start:i - k_start + 1]); vals.append(v[:, lo - k_start:i - k_start + 1])
         vis.append(torch.ones(Bsz, i - lo + 1, dtype=torch.bool, device=q.device))
-        outs.append(attend(q_t, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), scale))
+        ex = None if extra is None else tuple(e[:, t] for e in extra)
+        outs.append(attend(q_t, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), scale, ex))
     return torch.stack(outs, dim=1)
 
 
@@ -151,19 +163,40 @@ def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=No
 
 
 def window_attention_shares(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
-                            mem_k=None, mem_v=None, mem_pos=None, scale=None):
+                            mem_k=None, mem_v=None, mem_pos=None, scale=None, extra=None):
     """`window_attention` with an explicit softmax, also returning where each query's attention went:
-    (output (B, T, H, Dv), shares {"eidetic" | "fading" | "raw": (B, T, H)}), the shares of a query summing
-    to 1 (for inspection: `bmojo inspect`)."""
+    (output (B, T, H, Dv), shares {"eidetic" | "fading" | "raw" | "store": (B, T, H)}), the shares of a query
+    summing to 1 (for inspection: `bmojo inspect`).  `extra` = (keys, values (B, T, H, K, Dh), visible
+    (B, T, H, K)) adds per-query, per-head entries (retrieved from the store) to each query's softmax."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qb, kcat, vcat, mask, segs, shape = _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start,
                                                        mem_k, mem_v, mem_pos)
-    p = (qb @ kcat.transpose(-1, -2) * scale).masked_fill(~mask, _neg(q.dtype)).softmax(-1)
+    s = (qb @ kcat.transpose(-1, -2) * scale).masked_fill(~mask, _neg(q.dtype))
+    if extra is not None:
+        ek, ev, evis = (_block_rows(t, shape) for t in extra)  # (B*nb, Hk, G*C, K[, Dh])
+        se = (torch.einsum("bhqd,bhqkd->bhqk", qb, ek) * scale).masked_fill(~evis, _neg(q.dtype))
+        s = torch.cat([s, se], -1)
+        segs = {**segs, "store": se.shape[-1]}
+    p = s.softmax(-1)
+    S = kcat.shape[2]
+    o = p[..., :S] @ vcat
+    if extra is not None:
+        o = o + torch.einsum("bhqk,bhqkd->bhqd", p[..., S:], ev)
     shares, start = {}, 0
     for name, n in segs.items():
         shares[name] = _unblock(p[..., start:start + n].sum(-1, keepdim=True), shape)[..., 0]
         start += n
-    return _unblock(p @ vcat, shape), shares
+    return _unblock(o, shape), shares
+
+
+def _block_rows(x, shape):
+    """Per-query tensors (B, T, H, ...) -> the blocked row layout of `_window_blocks` (B*nb, Hk, G*C, ...)."""
+    Bsz, nb, Hk, G, C, H, r, T = shape
+    tail = x.shape[3:]
+    pad = x.new_zeros(Bsz, nb * C, *x.shape[2:])
+    pad[:, r:r + T] = x
+    x = pad.view(Bsz, nb, C, Hk, G, *tail).movedim(2, 4)  # (B, nb, Hk, G, C, ...)
+    return x.reshape(Bsz * nb, Hk, G * C, *tail)
 
 
 def causal_attention(q, k, v, k_start=0, scale=None):

@@ -74,28 +74,35 @@ def top(prio: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def memory_update(mem: Entries, cand: Entries, *, rule: str = "topk", decay: float = 1.0,
-                  per_chunk: int = 1) -> Entries:
-    """One chunk's update.  mem has M slots; cand holds the chunk's C tokens in position order."""
+                  per_chunk: int = 1, evicted: bool = False):
+    """One chunk's update.  mem has M slots; cand holds the chunk's C tokens in position order.  With
+    `evicted`, returns (memory, the pool entries that lost: dropped memory entries and candidates that did not
+    get in; empty slots among them have position -1), the entries the long-term store receives."""
     M = mem.prio.shape[1]
+    if rule not in MEMORY_RULES:
+        raise ValueError(f"memory rule must be one of {MEMORY_RULES}, got {rule!r}")
     if M == 0:
-        return mem
+        return (mem, cand) if evicted else mem
     if rule == "topk":
         pool = Entries(mem.prio * decay, mem.pos, mem.src).cat(cand)
-        return pool.take(top(pool.prio, M))
-    if rule == "fifo":
+        order = top(pool.prio, pool.prio.shape[1])
+        kept, lost = pool.take(order[:, :M]), pool.take(order[:, M:])
+    else:  # fifo
         k = min(per_chunk, cand.prio.shape[1])
-        new = cand.take(top(cand.prio, k))
-        return mem.slice(k, M).cat(new)
-    raise ValueError(f"memory rule must be one of {MEMORY_RULES}, got {rule!r}")
+        order = top(cand.prio, cand.prio.shape[1])
+        kept = mem.slice(k, M).cat(cand.take(order[:, :k]))
+        lost = mem.slice(0, k).cat(cand.take(order[:, k:]))
+    return (kept, lost) if evicted else kept
 
 
 @torch.no_grad()
 def select_memory(scores, *, start: int, chunk: int, mem: Entries, pending: Entries, src_offset: int,
-                  rule: str = "topk", decay: float = 1.0, per_chunk: int = 1):
+                  rule: str = "topk", decay: float = 1.0, per_chunk: int = 1, evictions: list | None = None):
     """Run the chunk loop over new tokens at positions start .. start+T-1 with scores (B, T); token t has
     src index src_offset + t.  `pending` holds the candidates of the unfinished chunk (positions
     start - start % chunk .. start-1).  Returns (blocks, mem, pending): blocks.pos/src (B, nb, M) is the
-    memory each aligned query block sees (as it stood after the previous chunk)."""
+    memory each aligned query block sees (as it stood after the previous chunk).  A list `evictions` receives
+    each completed update's lost entries (see memory_update), in block order."""
     Bsz, T = scores.shape
     dev = scores.device
     a0 = start - start % chunk
@@ -110,7 +117,9 @@ def select_memory(scores, *, start: int, chunk: int, mem: Entries, pending: Entr
         pending = pending.cat(new.slice(t, t + n))
         t += n
         if start + t == end:
-            mem = memory_update(mem, pending, rule=rule, decay=decay, per_chunk=per_chunk)
+            mem, lost = memory_update(mem, pending, rule=rule, decay=decay, per_chunk=per_chunk, evicted=True)
+            if evictions is not None:
+                evictions.append(lost)
             pending = pending.slice(0, 0)
     blocks = Entries(*(torch.stack([getattr(m, f) for m in seen], 1) for f in ("prio", "pos", "src")))
     return blocks, mem, pending

@@ -1,0 +1,127 @@
+"""Search over one layer's stored keys for one sequence: exact (the reference) or approximate (faiss HNSW).
+
+A query q (H heads, Dh) at position i retrieves, for each head h, the `topk` entries with the highest q_h . k
+among entries of its kv head that are visible, i.e. at positions <= i - W (older than its raw window).  The
+logits are the attention logits up to the scale, so the top-k are the entries attention would weigh most.
+The approximate index proposes candidates and the exact scores of those candidates decide, so the two agree
+whenever the index's candidates contain the exact top-k (measured as recall by benchmarks/store_recall.py).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import faiss
+except ImportError:  # the `ann` extra
+    faiss = None
+
+HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 64, 96
+
+
+def ann_available() -> bool:
+    return faiss is not None
+
+
+class LayerIndex:
+    """Keys (Hk, n, Dh), positions (n,) and entry ids (n,) of one sequence in one layer, in RAM."""
+
+    def __init__(self, kv_heads: int, head_dim: int, cfg):
+        self.kv_heads, self.head_dim, self.cfg = kv_heads, head_dim, cfg
+        self.n = 0
+        self.keys = torch.empty(kv_heads, 0, head_dim)
+        self.pos = torch.empty(0, dtype=torch.long)
+        self.ids = torch.empty(0, dtype=torch.long)
+        self.ann = None  # one faiss index per kv head, once built
+        if cfg.search == "ann" and faiss is None:
+            from bmojo.memory.store import StoreError
+
+            raise StoreError("StoreConfig.search='ann' needs faiss: pip install 'bmojo[ann]' (faiss-cpu)")
+
+    def add(self, k: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> None:
+        """k (m, Hk, Dh) float32, pos (m,), ids (m,)."""
+        m = k.shape[0]
+        if m == 0:
+            return
+        need = self.n + m
+        if need > self.keys.shape[1]:  # grow geometrically
+            cap = max(need, 2 * self.keys.shape[1], 256)
+            keys = torch.empty(self.kv_heads, cap, self.head_dim)
+            pos_, ids_ = torch.empty(cap, dtype=torch.long), torch.empty(cap, dtype=torch.long)
+            keys[:, :self.n], pos_[:self.n], ids_[:self.n] = self.keys[:, :self.n], self.pos[:self.n], self.ids[:self.n]
+            self.keys, self.pos, self.ids = keys, pos_, ids_
+        self.keys[:, self.n:need] = k.transpose(0, 1)
+        self.pos[self.n:need], self.ids[self.n:need] = pos, ids
+        self.n = need
+        if self.ann is not None:
+            for g, ix in enumerate(self.ann):
+                ix.add(k[:, g].contiguous().numpy())
+        elif self._wants_ann():
+            self._build_ann()
+
+    def _wants_ann(self) -> bool:
+        return faiss is not None and self.cfg.search in ("ann", "auto") and self.n >= self.cfg.ann_threshold
+
+    def _build_ann(self) -> None:
+        self.ann = []
+        for g in range(self.kv_heads):
+            ix = faiss.IndexHNSWFlat(self.head_dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            ix.hnsw.efConstruction, ix.hnsw.efSearch = EF_CONSTRUCTION, EF_SEARCH
+            ix.add(self.keys[g, :self.n].contiguous().numpy())
+            self.ann.append(ix)
+
+    def nbytes(self) -> int:
+        n = self.keys.numel() * 4 + self.pos.numel() * 8 + self.ids.numel() * 8
+        if self.ann is not None:  # vectors + about 2*M links of 4 bytes per entry
+            n += sum(ix.ntotal * (self.head_dim * 4 + 2 * HNSW_M * 4) for ix in self.ann)
+        return n
+
+    @torch.no_grad()
+    def search(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, exact: bool = False):
+        """q (n, H, Dh) float, qpos (n,) -> (ids (n, H, k) entry ids, -1 where there is none; keys (n, H, k, Dh);
+        logits q.k (n, H, k), -inf where there is none)."""
+        n, H, Dh = q.shape
+        G = H // self.kv_heads
+        qf = q.float().view(n, self.kv_heads, G, Dh)
+        limit = (qpos - window)[:, None, None, None]  # visible: pos <= limit
+        if self.ann is not None and not exact:
+            return self._search_ann(qf, limit, k)
+        out_s, out_i = [], []
+        step = max(1, (1 << 22) // max(1, self.n * H))  # bound the (rows, H, n) score block to ~16 MB
+        for a in range(0, n, step):
+            s = torch.einsum("qkgd,knd->qkgn", qf[a:a + step], self.keys[:, :self.n])
+            s = s.masked_fill(self.pos[:self.n] > limit[a:a + step], float("-inf"))
+            top = s.topk(min(k, self.n), dim=-1)
+            out_s.append(top.values)
+            out_i.append(top.indices)
+        return self._gather(torch.cat(out_s), torch.cat(out_i), k)
+
+    def _search_ann(self, qf, limit, k):
+        n, Hk, G, Dh = qf.shape
+        # entries not yet visible to the earliest query may fill candidate slots: ask for that many more
+        extra = int((self.pos[:self.n] > int(limit.min())).sum())
+        kk = min(self.n, k + extra)
+        cand = torch.empty(n, Hk, G, kk, dtype=torch.long)
+        for g, ix in enumerate(self.ann):
+            _, I = ix.search(qf[:, g].reshape(n * G, Dh).contiguous().numpy(), kk)
+            cand[:, g] = torch.from_numpy(I).view(n, G, kk)
+        valid = cand >= 0
+        cand = cand.clamp(min=0)
+        ck = self.keys[torch.arange(Hk)[None, :, None, None], cand]  # (n, Hk, G, kk, Dh)
+        s = torch.einsum("qkgd,qkgcd->qkgc", qf, ck)
+        s = s.masked_fill(~valid | (self.pos[cand] > limit), float("-inf"))
+        top = s.topk(min(k, kk), dim=-1)
+        return self._gather(top.values, cand.gather(-1, top.indices), k)
+
+    def _gather(self, scores, local, k):
+        """scores, local (n, Hk, G, k') -> padded (ids, keys, logits) of (n, H, k[, Dh])."""
+        n, Hk, G, kk = scores.shape
+        ok = scores > float("-inf")
+        keys = self.keys[torch.arange(Hk)[None, :, None, None], local.clamp(min=0)]  # (n, Hk, G, k', Dh)
+        ids = torch.where(ok, self.ids[local.clamp(min=0)], torch.full_like(local, -1))
+        if kk < k:  # fewer entries than k: pad
+            pad = k - kk
+            ids = torch.cat([ids, ids.new_full((n, Hk, G, pad), -1)], -1)
+            scores = torch.cat([scores, scores.new_full((n, Hk, G, pad), float("-inf"))], -1)
+            keys = torch.cat([keys, keys.new_zeros(n, Hk, G, pad, self.head_dim)], -2)
+        H = Hk * G
+        return ids.view(n, H, k), keys.view(n, H, k, self.head_dim), scores.view(n, H, k)

@@ -1,0 +1,375 @@
+"""The in-storage memory (DESIGN section 5): every token that leaves a B'MOJO layer's eidetic pool (an entry
+evicted from the memory, or a chunk candidate that did not get in) is appended to a store on disk, and later
+queries retrieve their best matches from it.
+
+On disk, a store is one folder:
+  store.json       what it is for: the model's fingerprint, the B layers with their (kv heads, head width),
+                   the number of sequences (rows) and the value dtype.  Reopening with another model's shapes
+                   is an error naming the field.
+  layer{L}.bin     append-only fixed-size records, one per entry: row (int32), pad, position (int64), key and
+                   value (kv_heads, head_dim) each.  Keys carry RoPE at their own position, as in the memory.
+  commits.log      append-only 24-byte commit records (magic, layer, entry count after the write, CRC-32 of the
+                   appended bytes, CRC-32 of the record).  A layer's committed entries are those counted by its
+                   last valid commit; bytes past them are the write that was in flight at a crash.
+Writes go to a background thread (`durable=True` fsyncs data before the commit and the commit itself), so the
+decoding loop never waits on the disk; the search index (bmojo.memory.index) is updated before `add` returns,
+so a chunk sees every entry evicted before it whether or not it has reached the disk yet.  Values are read back
+from the file (or from the not-yet-written tail kept in RAM): RAM holds the index (keys and positions) only.
+Opening a store after a crash truncates each layer to its last commit and reports what was dropped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bmojo.config import ConfigError
+from bmojo.memory.index import LayerIndex
+from bmojo.utils.jsonfile import read_json
+
+FORMAT, VERSION = "bmojo-store", 1
+COMMIT = struct.Struct("<IIQII")  # magic, layer, count, data crc, record crc (over the first 20 bytes)
+MAGIC = 0x53434D42  # "BMCS"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class StoreError(ConfigError):
+    """A store folder that cannot be used as asked; the message names the folder and the field."""
+
+
+@dataclass
+class StoreConfig:
+    """How a store is searched and written (not saved with the store: each run may choose)."""
+
+    topk: int = 16  # entries retrieved per query and head
+    search: str = "auto"  # exact | ann | auto (ann above ann_threshold entries, when faiss is installed)
+    ann_threshold: int = 32768
+    durable: bool = False  # fsync every write (survives power loss, not just a killed process)
+
+    def __post_init__(self):
+        if not (isinstance(self.topk, int) and self.topk > 0):
+            raise StoreError(f"StoreConfig.topk={self.topk!r}: must be a positive integer")
+        if self.search not in ("exact", "ann", "auto"):
+            raise StoreError(f"StoreConfig.search={self.search!r}: allowed: exact, ann, auto")
+        if not (isinstance(self.ann_threshold, int) and self.ann_threshold >= 0):
+            raise StoreError(f"StoreConfig.ann_threshold={self.ann_threshold!r}: must be an integer >= 0")
+
+
+def record_dtype(kv_heads: int, head_dim: int, dtype: str) -> np.dtype:
+    f = DTYPES[dtype]
+    return np.dtype([("row", "<i4"), ("pad", "<i4"), ("pos", "<i8"),
+                     ("k", f, (kv_heads, head_dim)), ("v", f, (kv_heads, head_dim))])
+
+
+def make_spec(fingerprint: str, layers: dict[int, tuple[int, int]], rows: int = 1, dtype: str = "float32") -> dict:
+    """A store's description: the model fingerprint, {layer: (kv heads, head width)}, sequences, value dtype."""
+    if dtype not in DTYPES:
+        raise StoreError(f"store dtype={dtype!r}: allowed: {sorted(DTYPES)}")
+    if not (isinstance(rows, int) and rows > 0):
+        raise StoreError(f"store rows={rows!r}: must be a positive integer (the batch size)")
+    return {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "rows": rows, "dtype": dtype,
+            "layers": {str(i): {"kv_heads": hk, "head_dim": dh} for i, (hk, dh) in sorted(layers.items())}}
+
+
+def store_spec(model, rows: int = 1, dtype: str = "float32") -> dict:
+    """The spec of a store for `model` (a BMojoLM): one entry per B layer with eidetic memory."""
+    layers = {i: (b.mixer.n_kv_heads, b.mixer.head_dim) for i, b in enumerate(model.layers)
+              if getattr(b.mixer, "memory_size", 0) > 0}
+    if not layers:
+        raise StoreError(f"model pattern {model.cfg.pattern!r} has no B'MOJO layer with eidetic memory "
+                         "(memory_size > 0): nothing would ever be stored")
+    return make_spec(model.cfg.fingerprint(), layers, rows, dtype)
+
+
+class _Writer(threading.Thread):
+    """Appends records and commits them, in the order they were queued; an error is kept for the caller."""
+
+    def __init__(self, store: "Store"):
+        super().__init__(daemon=True, name=f"bmojo-store-writer:{store.folder.name}")
+        self.store, self.jobs, self.error = store, queue.Queue(), None
+
+    def run(self):
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    self.store._write(*job)
+            except BaseException as e:  # noqa: BLE001 - reported on the caller's next call
+                self.error = e
+            finally:
+                self.jobs.task_done()
+
+
+class LayerStore:
+    """One layer's entries: the file, the in-RAM search index per row, and the tail not yet on disk."""
+
+    def __init__(self, store: "Store", layer: int, kv_heads: int, head_dim: int, committed: int):
+        self.store, self.layer, self.kv_heads, self.head_dim = store, layer, kv_heads, head_dim
+        self.rec = record_dtype(kv_heads, head_dim, store.dtype)
+        self.path = store.folder / f"layer{layer}.bin"
+        self.count = committed  # entries added (on disk + queued)
+        self.written = committed  # entries whose commit is on disk
+        self.tail: dict[int, np.ndarray] = {}  # first entry id -> records queued, not yet written
+        self.lock = threading.Lock()
+        self._mm, self._mm_n = None, 0
+        self.index = [LayerIndex(kv_heads, head_dim, store.cfg) for _ in range(store.rows)]
+        if committed:
+            recs = np.fromfile(self.path, dtype=self.rec, count=committed)
+            for r, ix in enumerate(self.index):
+                sel = np.nonzero(recs["row"] == r)[0]
+                ix.add(torch.from_numpy(recs["k"][sel].astype(np.float32)), torch.from_numpy(recs["pos"][sel]),
+                       torch.from_numpy(sel.astype(np.int64)))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, row: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Entries of one sequence: pos (n,), k, v (n, Hk, Dh).  Searchable at once; written in the background."""
+        n = int(pos.shape[0])
+        if n == 0:
+            return
+        self.store._raise_writer_error()
+        recs = np.zeros(n, dtype=self.rec)
+        recs["row"], recs["pos"] = row, pos.cpu().numpy()
+        recs["k"] = k.detach().float().cpu().numpy()
+        recs["v"] = v.detach().float().cpu().numpy()
+        first = self.count
+        with self.lock:
+            self.tail[first] = recs
+        self.count += n
+        self.index[row].add(torch.from_numpy(recs["k"].astype(np.float32)), pos.cpu().long(),
+                            torch.arange(first, first + n))
+        self.store._queue(self, first, recs)
+
+    def values(self, ids: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """ids (...) entry ids and heads (...) their kv heads -> values (..., Dh) float32, read from the file or
+        from the queued tail."""
+        flat, hd = ids.reshape(-1).numpy(), heads.expand_as(ids).reshape(-1).numpy()
+        out = np.empty((flat.shape[0], self.head_dim), dtype=np.float32)
+        with self.lock:
+            written, tail = self.written, list(self.tail.items())
+        on_disk = flat < written
+        if on_disk.any():
+            out[on_disk] = self._memmap(written)["v"][flat[on_disk], hd[on_disk]]
+        for first, recs in tail:
+            sel = (flat >= first) & (flat < first + len(recs))
+            if sel.any():
+                out[sel] = recs["v"][flat[sel] - first, hd[sel]]
+        return torch.from_numpy(out).view(*ids.shape, self.head_dim)
+
+    def _memmap(self, n: int):
+        if self._mm is None or self._mm_n < n:
+            self._mm, self._mm_n = np.memmap(self.path, dtype=self.rec, mode="r", shape=(n,)), n
+        return self._mm
+
+    def nbytes_index(self) -> int:
+        return sum(ix.nbytes() for ix in self.index)
+
+
+class Store:
+    """A long-term store for one model and `rows` sequences; see the module doc for the format.
+
+    Store.open(folder, model, rows) creates the folder or reopens it (checking it was made for the same
+    shapes); after a crash the uncommitted tail of each layer is dropped and listed in `self.recovered`."""
+
+    def __init__(self, folder: Path, spec: dict, cfg: StoreConfig, committed: dict[int, int]):
+        self.folder, self.spec, self.cfg = folder, spec, cfg
+        self.rows, self.dtype = spec["rows"], spec["dtype"]
+        self.recovered: list[dict] = []
+        self._commits = open(folder / "commits.log", "ab")
+        self.layers = {int(k): LayerStore(self, int(k), d["kv_heads"], d["head_dim"], committed.get(int(k), 0))
+                       for k, d in spec["layers"].items()}
+        self._files = {i: open(ls.path, "ab") for i, ls in self.layers.items()}
+        self._writer = _Writer(self)
+        self._writer.start()
+
+    # ---- opening ------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder, spec: dict, cfg: StoreConfig | None = None) -> "Store":
+        """Create the store described by `spec` (see make_spec / store_spec) in `folder`, or reopen it."""
+        folder = Path(folder)
+        cfg = cfg or StoreConfig()
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder}: exists and is not a folder")
+        meta = folder / "store.json"
+        if not meta.exists():
+            if folder.exists() and any(folder.iterdir()):
+                raise StoreError(f"{folder}: not empty and has no store.json; not a bmojo store (refusing to write "
+                                 "into it)")
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".store.json.tmp"
+            tmp.write_text(json.dumps(spec, indent=1))
+            os.replace(tmp, meta)
+            return cls(folder, spec, cfg, {})
+        have = read_json(meta, StoreError, "bmojo store")
+        check_spec(folder, have, spec)
+        committed, report = recover(folder, have)
+        store = cls(folder, have, cfg, committed)
+        store.recovered = report
+        return store
+
+    @classmethod
+    def for_model(cls, folder, model, rows: int = 1, cfg: StoreConfig | None = None,
+                  dtype: str = "float32") -> "Store":
+        return cls.open(folder, store_spec(model, rows, dtype), cfg)
+
+    # ---- writing ------------------------------------------------------------------------------------------
+    def layer(self, i: int) -> LayerStore:
+        return self.layers[i]
+
+    def _queue(self, ls: LayerStore, first: int, recs: np.ndarray) -> None:
+        self._writer.jobs.put((ls, first, recs))
+
+    def _write(self, ls: LayerStore, first: int, recs: np.ndarray) -> None:
+        data = recs.tobytes()
+        f = self._files[ls.layer]
+        f.write(data)
+        f.flush()
+        if self.cfg.durable:
+            os.fsync(f.fileno())
+        self._commit(ls.layer, first + len(recs), zlib.crc32(data))
+        with ls.lock:
+            ls.written = first + len(recs)
+            ls.tail.pop(first, None)
+
+    def _commit(self, layer: int, count: int, data_crc: int) -> None:
+        head = struct.pack("<IIQI", MAGIC, layer, count, data_crc)
+        self._commits.write(head + struct.pack("<I", zlib.crc32(head)))
+        self._commits.flush()
+        if self.cfg.durable:
+            os.fsync(self._commits.fileno())
+
+    def _raise_writer_error(self) -> None:
+        if self._writer.error is not None:
+            raise StoreError(f"{self.folder}: a background write failed: {self._writer.error!r}") \
+                from self._writer.error
+
+    def flush(self) -> None:
+        """Block until every added entry is on disk and committed."""
+        self._writer.jobs.join()
+        self._raise_writer_error()
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self.flush()
+            self._writer.jobs.put(None)
+            self._writer.join()
+        for f in (*self._files.values(), self._commits):
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def truncate(self, counts: dict[int, int], reason: str) -> None:
+        """Cut layers back to `counts` entries (e.g. to match a saved session); each cut is reported."""
+        self.flush()
+        for i, ls in self.layers.items():
+            n = counts.get(i, 0)
+            if n > len(ls):
+                raise StoreError(f"{ls.path}: holds {len(ls)} entries, fewer than the {n} expected ({reason})")
+            if n == len(ls):
+                continue
+            self.recovered.append({"file": ls.path.name, "layer": i, "dropped_entries": len(ls) - n,
+                                   "reason": reason})
+            self._files[i].close()
+            with open(ls.path, "r+b") as f:
+                f.truncate(n * ls.rec.itemsize)
+            self._commit(i, n, 0)
+            self._files[i] = open(ls.path, "ab")
+            self.layers[i] = LayerStore(self, i, ls.kv_heads, ls.head_dim, n)
+
+    # ---- size ---------------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Entries per layer, bytes on disk and bytes of the in-RAM index."""
+        disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {"folder": str(self.folder), "rows": self.rows, "entries": {str(i): len(ls) for i, ls in
+                                                                          self.layers.items()},
+                "disk_bytes": disk, "index_bytes": sum(ls.nbytes_index() for ls in self.layers.values())}
+
+
+def check_spec(folder: Path, have: dict, want: dict) -> None:
+    """A clear error when the folder's store was made for something else."""
+    if have.get("format") != FORMAT:
+        raise StoreError(f"{folder}/store.json: format={have.get('format')!r}, expected {FORMAT!r}; not a bmojo store")
+    if have.get("version") != VERSION:
+        raise StoreError(f"{folder}/store.json: version={have.get('version')!r}; this bmojo reads version {VERSION}")
+    for field in ("layers", "rows", "dtype", "fingerprint"):
+        if have.get(field) != want[field]:
+            raise StoreError(f"{folder}/store.json: {field}={have.get(field)!r}, but this model and run need "
+                             f"{field}={want[field]!r} (a store made for another model or batch size; use a "
+                             "new folder or clear this one)")
+
+
+def recover(folder: Path, spec: dict) -> tuple[dict[int, int], list[dict]]:
+    """Per layer, the entry count of its last valid commit; truncates what lies past it (and a torn commit
+    record) and reports each drop."""
+    log = folder / "commits.log"
+    raw = log.read_bytes() if log.exists() else b""
+    committed: dict[int, int] = {}
+    good = 0
+    for off in range(0, len(raw) - COMMIT.size + 1, COMMIT.size):
+        magic, layer, count, _data_crc, crc = COMMIT.unpack_from(raw, off)
+        if magic != MAGIC or crc != zlib.crc32(raw[off:off + COMMIT.size - 4]) or str(layer) not in spec["layers"]:
+            break
+        committed[layer] = count
+        good = off + COMMIT.size
+    report = []
+    if good < len(raw):
+        report.append({"file": log.name, "dropped_bytes": len(raw) - good})
+        with open(log, "r+b") as f:
+            f.truncate(good)
+    for key, d in spec["layers"].items():
+        path = folder / f"layer{key}.bin"
+        size = record_dtype(d["kv_heads"], d["head_dim"], spec["dtype"]).itemsize
+        have = path.stat().st_size if path.exists() else 0
+        keep = committed.get(int(key), 0) * size
+        if have < keep:
+            raise StoreError(f"{path}: holds {have // size} entries but commits.log counts {keep // size}; the "
+                             "store was damaged outside bmojo")
+        if have > keep:
+            report.append({"file": path.name, "layer": int(key), "dropped_entries": -(-(have - keep) // size),
+                           "dropped_bytes": have - keep})
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+    return committed, report
+
+
+def clear(folder) -> None:
+    """Delete a store folder (only if it is one)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    meta = read_json(folder / "store.json", StoreError, "bmojo store")
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{folder}/store.json: format={meta.get('format')!r}; not a bmojo store, not deleting it")
+    shutil.rmtree(folder)
+
+
+def describe(folder) -> dict:
+    """Size of a store on disk without loading it: entries per layer and bytes."""
+    folder = Path(folder)
+    meta = read_json(folder / "store.json", StoreError, "bmojo store")
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{folder}/store.json: format={meta.get('format')!r}; not a bmojo store")
+    entries = {}
+    for key, d in meta["layers"].items():
+        p = folder / f"layer{key}.bin"
+        entries[key] = (p.stat().st_size if p.exists() else 0) // record_dtype(d["kv_heads"], d["head_dim"],
+                                                                               meta["dtype"]).itemsize
+    disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return {"folder": str(folder), "fingerprint": meta["fingerprint"], "rows": meta["rows"], "entries": entries,
+            "disk_bytes": disk, "has_session": (folder / "session.safetensors").exists()}
