@@ -1,8 +1,9 @@
 """`bmojo inspect`: what each B'MOJO layer of a checkpoint did with a text.
 
 Writes OUT/inspect.html (self-contained: no network), OUT/inspect.png and OUT/inspect.json. For every layer
-they show each token's innovation score, the tokens that entered the eidetic memory, and, for every query,
-the share of its attention that went to the raw window, the fading tokens and the eidetic tokens."""
+they show each token's innovation score, the tokens that entered the eidetic memory and those that went on to the
+long-term store, and, for every query, the share of its attention that went to the raw window, the fading tokens,
+the eidetic tokens and the store (a scratch store is attached for the read)."""
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,8 @@ def run(args) -> int:
     files = [write_html(rep, out / "inspect.html", title=str(args.checkpoint)), write_png(rep, out / "inspect.png")]
     for L in rep["layers"]:
         mean = {k: sum(v) / len(v) for k, v in L["shares"].items()}
-        print(f"layer {L['index']} ({L['kind']}): {sum(L['in_memory'])} tokens entered memory; attention share "
+        print(f"layer {L['index']} ({L['kind']}): {sum(L['in_memory'])} tokens entered memory, "
+              f"{sum(L['in_store'])} went to the store; attention share "
               + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     print("wrote " + ", ".join(str(f) for f in files) + f", {out / 'inspect.json'}")
     return 0

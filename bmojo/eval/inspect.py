@@ -3,49 +3,62 @@
 For every B'MOJO layer (pattern B or F) of a checkpoint, on one text read in parallel mode from position 0:
   - each token's innovation score (the eidetic selector's score; layers without eidetic memory have none),
   - which tokens entered the eidetic memory (held by some query block's memory, or by the final memory),
-  - for each query, the share of its attention (mean over heads) going to the raw window, the fading tokens
-    and the eidetic tokens.  The shares come from the same softmax the model computes
-    (`window_attention_shares`), and sum to 1 per query.
+  - which tokens went to the long-term store (bmojo.memory: they left the eidetic pool; a scratch store in a
+    temporary folder is attached for the read),
+  - for each query, the share of its attention (mean over heads) going to the raw window, the fading tokens,
+    the eidetic tokens and the entries it retrieved from the store.  The shares come from the same softmax the
+    model computes (`window_attention_shares`), and sum to 1 per query.
 `report(...)` returns these numbers; `write_html` and `write_png` show them.  The page is self-contained
-(inline CSS and script, no network).  The long-term store (issue 7) will add a fourth share.
+(inline CSS and script, no network).
 """
 from __future__ import annotations
 
 import html
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 
-SHARES = ("raw", "fading", "eidetic")
+SHARES = ("raw", "fading", "eidetic", "store")
 
 
 @torch.no_grad()
-def report(model, ids: torch.Tensor, token_text: list[str]) -> dict:
-    """ids (T,) -> {"tokens": [...], "layers": [{"index", "kind", "scores", "in_memory", "shares"}, ...]}."""
+def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> dict:
+    """ids (T,) -> {"tokens": [...], "layers": [{"index", "kind", "scores", "in_memory", "in_store", "shares"},
+    ...]}.  `store_cfg` (a bmojo.memory.StoreConfig) sets how the scratch store is searched."""
     from bmojo.layers.bmojo import BMojoMixer
+    from bmojo.memory import Store
 
     mixers = [(i, b.mixer) for i, b in enumerate(model.layers) if isinstance(b.mixer, BMojoMixer)]
     if not mixers:
         raise ValueError(f"the model (pattern {model.cfg.pattern!r}) has no B'MOJO layers to inspect")
     was_training = model.training
     model.eval()
+    with_store = any(m.memory_size > 0 for _, m in mixers)
     try:
-        for _, m in mixers:
-            m.trace = {}
-        model(ids[None], return_state=False)
-        layers = []
-        T = ids.shape[0]
-        for i, m in mixers:
-            tr = m.trace
-            in_mem = torch.zeros(T, dtype=torch.bool)
-            if tr["memory_positions"] is not None:
-                pos = tr["memory_positions"][0]
-                in_mem[pos[pos >= 0].unique().cpu()] = True
-            shares = {name: tr["shares"].get(name, torch.zeros(1, T))[0].cpu().tolist() for name in SHARES}
-            layers.append({"index": i, "kind": model.cfg.layer_kind(i),
-                           "scores": tr["scores"][0].cpu().tolist() if tr["scores"] is not None else None,
-                           "in_memory": in_mem.tolist(), "shares": shares})
+        with tempfile.TemporaryDirectory(prefix="bmojo-inspect-") as tmp:
+            store = Store.for_model(Path(tmp) / "store", model, cfg=store_cfg) if with_store else None
+            for _, m in mixers:
+                m.trace = {}
+            model(ids[None], model.init_state(1, ids.device, store=store), return_state=True)
+            layers = []
+            T = ids.shape[0]
+            for i, m in mixers:
+                tr = m.trace
+                in_mem, in_store = torch.zeros(T, dtype=torch.bool), torch.zeros(T, dtype=torch.bool)
+                if tr["memory_positions"] is not None:
+                    pos = tr["memory_positions"][0]
+                    in_mem[pos[pos >= 0].unique().cpu()] = True
+                if store is not None and i in store.layers:
+                    ix = store.layer(i).index[0]
+                    in_store[ix.pos[:ix.n]] = True
+                shares = {name: tr["shares"].get(name, torch.zeros(1, T))[0].cpu().tolist() for name in SHARES}
+                layers.append({"index": i, "kind": model.cfg.layer_kind(i),
+                               "scores": tr["scores"][0].cpu().tolist() if tr["scores"] is not None else None,
+                               "in_memory": in_mem.tolist(), "in_store": in_store.tolist(), "shares": shares})
+            if store is not None:
+                store.close()
     finally:
         for _, m in mixers:
             m.trace = None
@@ -61,6 +74,8 @@ body {{ font: 14px/1.5 system-ui, sans-serif; margin: 2em; color: #222; }}
 #text {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
 #text span {{ border-bottom: 3px solid transparent; }}
 #text span.mem {{ border-bottom-color: #d62728; }}
+#text span.store {{ border-bottom: 3px dotted #2ca02c; }}
+#text span.mem.store {{ border-bottom: 3px double #d62728; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 .key span {{ padding: 0 6px; }}
 </style></head><body>
@@ -69,11 +84,13 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 <p>Layer <select id="layer"></select> &nbsp; colour: <select id="what">
 <option value="score">innovation score</option><option value="raw">share to raw window</option>
 <option value="fading">share to fading tokens</option><option value="eidetic">share to eidetic tokens</option>
-</select> &nbsp; <span class="key">underlined red: entered the eidetic memory</span></p>
+<option value="store">share to the store</option>
+</select> &nbsp; <span class="key">underlined red: entered the eidetic memory; dotted green: went to the store
+(double red: both, it was evicted later)</span></p>
 <div id="text"></div>
 <h2>Mean attention share per layer</h2>
 <table id="shares"><tr><th>layer</th><th>kind</th><th>raw window</th><th>fading</th><th>eidetic</th>
-<th>tokens in memory</th></tr></table>
+<th>store</th><th>tokens in memory</th><th>tokens in store</th></tr></table>
 <script id="data" type="application/json">{data}</script>
 <script>
 const D = JSON.parse(document.getElementById("data").textContent);
@@ -83,7 +100,8 @@ D.layers.forEach((L, j) => {{
   sel.add(new Option(`${{L.index}} (${{L.kind}})`, j));
   const row = document.getElementById("shares").insertRow();
   [L.index, L.kind, mean(L.shares.raw).toFixed(3), mean(L.shares.fading).toFixed(3),
-   mean(L.shares.eidetic).toFixed(3), L.in_memory.filter(Boolean).length].forEach(v => row.insertCell().textContent = v);
+   mean(L.shares.eidetic).toFixed(3), mean(L.shares.store).toFixed(3), L.in_memory.filter(Boolean).length,
+   L.in_store.filter(Boolean).length].forEach(v => row.insertCell().textContent = v);
 }});
 function draw() {{
   const L = D.layers[sel.value], key = what.value;
@@ -95,9 +113,10 @@ function draw() {{
     const s = document.createElement("span");
     s.textContent = t;
     s.style.background = `rgba(31, 119, 180, ${{(vals[i] / hi * 0.85).toFixed(3)}})`;
-    if (L.in_memory[i]) s.className = "mem";
+    s.className = (L.in_memory[i] ? "mem " : "") + (L.in_store[i] ? "store" : "");
     s.title = `#${{i}} score ${{L.scores ? L.scores[i].toFixed(4) : "-"}} | raw ${{L.shares.raw[i].toFixed(3)}} ` +
-              `fading ${{L.shares.fading[i].toFixed(3)}} eidetic ${{L.shares.eidetic[i].toFixed(3)}}`;
+              `fading ${{L.shares.fading[i].toFixed(3)}} eidetic ${{L.shares.eidetic[i].toFixed(3)}} ` +
+              `store ${{L.shares.store[i].toFixed(3)}}`;
     box.appendChild(s);
   }});
 }}

@@ -10,6 +10,7 @@ import torch
 from bmojo import BMojoLM
 from bmojo.data.text.tokenizer import ByteTokenizer
 from bmojo.eval.inspect import report
+from bmojo.memory import Store
 from bmojo.ops.attention import window_attention, window_attention_shares
 from bmojo.train.checkpoint import save_checkpoint
 from tests.helpers import assert_close, seeded, tiny
@@ -33,20 +34,25 @@ def _model():
     return BMojoLM(tiny("bmojo", vocab_size=256)).eval()
 
 
-def test_report_matches_the_model_internals():
+def test_report_matches_the_model_internals(tmp_path):
     model = _model()
     ids = torch.randint(1, 256, (60,), generator=seeded(3))
     rep = report(model, ids, [chr(65 + i % 26) for i in range(60)])
-    W = model.cfg.window
-    with torch.no_grad():
-        state = model(ids[None], return_state=True).state
-    for L, layer_state in zip(rep["layers"], state.layers):
+    W, C = model.cfg.window, model.cfg.chunk_size
+    with torch.no_grad(), Store.for_model(tmp_path / "s", model) as store:  # the same read, with its own store
+        state = model(ids[None], model.init_state(1, store=store), return_state=True).state
+        stored = [set(store.layer(i).index[0].pos[:store.layer(i).index[0].n].tolist()) for i in range(2)]
+    for L, layer_state, in_store in zip(rep["layers"], state.layers, stored):
         raw = torch.tensor(L["shares"]["raw"])
         assert torch.allclose(raw[:W], torch.ones(W))  # nothing older than the window exists yet
         assert all(abs(sum(L["shares"][k][i] for k in L["shares"]) - 1) < 1e-5 for i in range(60))
         final = layer_state.mem.pos[0]
         assert all(L["in_memory"][p] for p in final[final >= 0].tolist())  # the final memory is marked
         assert sum(L["in_memory"]) >= int((final >= 0).sum())
+        assert {p for p, s in enumerate(L["in_store"]) if s} == in_store
+        # every token of a completed chunk is in the final memory or in the store
+        assert set(range(60 // C * C)) == in_store | set(final[final >= 0].tolist())
+        assert max(L["shares"]["store"]) > 0 and max(L["shares"]["store"][:W]) == 0  # nothing old enough before W
         assert len(L["scores"]) == 60 and min(L["scores"]) >= 0
     assert all(m.trace is None for m in (b.mixer for b in model.layers))  # recording switched off again
     with torch.no_grad():  # and the model computes as before

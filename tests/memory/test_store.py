@@ -335,3 +335,24 @@ def test_info_json_is_json(tmp_path, capsys):
     assert main(["memory", "info", str(tmp_path / "s"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["entries"] == {"0": 2}
+
+
+def test_retrieved_entries_join_the_one_softmax():
+    """The blocked attention with per-query store entries equals the sequential reference, and its shares
+    (store included) sum to 1."""
+    from bmojo.ops.attention import window_attention_ref, window_attention_shares
+    from tests.ops.test_attention import _inputs
+
+    T, W, C, q0, M, K = 37, 8, 4, 5, 6, 3
+    t, kw = _inputs(T, W, C, q0, M, seeded(4))
+    B, _, H, Dh = t["q"].shape
+    g = seeded(5)
+    extra = (torch.randn(B, T, H, K, Dh, generator=g), torch.randn(B, T, H, K, Dh, generator=g),
+             torch.rand(B, T, H, K, generator=g) > 0.3)
+    args = (t["q"], t["k"], t["v"], W)
+    kw = dict(fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw)
+    o, shares = window_attention_shares(*args, **kw, extra=extra)
+    assert_close(o, window_attention_ref(*args, **kw, extra=extra), name="store-extended attention vs reference")
+    total = sum(shares.values())
+    assert_close(total, torch.ones_like(total), name="shares sum to 1")
+    assert shares["store"].max() > 0.05
