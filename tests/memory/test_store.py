@@ -356,3 +356,26 @@ def test_retrieved_entries_join_the_one_softmax():
     total = sum(shares.values())
     assert_close(total, torch.ones_like(total), name="shares sum to 1")
     assert shares["store"].max() > 0.05
+
+
+def test_eval_ppl_with_a_store_per_window(tmp_path):
+    """length_eval gives each window a fresh store; streaming in segments reads it exactly as one pass does."""
+    from bmojo.eval.ppl import length_eval
+
+    m = _model()
+    regions = [np.asarray(_ids(1, 129, seed=s)[0]) for s in range(3)]
+    opened = []
+
+    def open_store(rows):
+        opened.append(rows)
+        return Store.for_model(tmp_path / f"s{len(opened)}", m, rows=rows)
+
+    tb = np.ones(61)
+    one = length_eval(m, regions, [64, 128], tb, segment=1000, open_store=open_store)
+    seg = length_eval(m, regions, [64, 128], tb, segment=24, open_store=open_store)
+    plain = length_eval(m, regions, [128], tb, segment=1000)
+    for L in (64, 128):
+        assert abs(one[L]["loss"] - seg[L]["loss"]) < 1e-5
+        assert one[L]["store"]["entries_per_window"] > 0
+    assert abs(one[128]["loss"] - plain[128]["loss"]) > 1e-6, "the store changed nothing"
+    assert opened[:2] == [6, 3]  # one store per batch of windows, with a row per window
