@@ -22,6 +22,7 @@ from bmojo.config import ConfigError
 from bmojo.data.text.sources import BUILTIN, Source, path_source, read_documents
 from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer
 from bmojo.utils.jsonfile import read_json
+from bmojo.utils.paths import inside
 
 FORMAT, VERSION = "bmojo-corpus", 1
 SPLITS = ("train", "val", "test")
@@ -135,14 +136,22 @@ class TokenCorpus:
         if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise ConfigError(f"{file}: not a {FORMAT} v{VERSION} manifest")
         self.manifest = m
-        self.dtype = np.dtype(m["dtype"])
+        self.dtype = self._check_dtype(file, m)
         for split, info in m["splits"].items():
-            path = self.folder / info["file"]
+            path = inside(self.folder, info.get("file") if isinstance(info, dict) else None,
+                          f"{file}: splits.{split}.file")
             size = path.stat().st_size if path.is_file() else -1
             if size != info["tokens"] * self.dtype.itemsize:
                 raise ConfigError(f"{path}: {size} bytes, the manifest says {info['tokens']} tokens of {self.dtype}; "
                                   "re-run `bmojo data prepare --force`")
         self._tok = None
+
+    @staticmethod
+    def _check_dtype(file: Path, m: dict) -> np.dtype:
+        if m.get("dtype") not in ("uint8", "uint16", "uint32") or not isinstance(m.get("splits"), dict):
+            raise ConfigError(f"{file}: dtype={m.get('dtype')!r} / splits: not a valid manifest; re-run "
+                              "`bmojo data prepare --force`")
+        return np.dtype(m["dtype"])
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -153,7 +162,8 @@ class TokenCorpus:
     def tokens(self, split: str) -> np.ndarray:
         if split not in self.manifest["splits"]:
             raise ConfigError(f"split {split!r}: expected one of {list(self.manifest['splits'])}")
-        return np.memmap(self.folder / self.manifest["splits"][split]["file"], dtype=self.dtype, mode="r")
+        return np.memmap(inside(self.folder, self.manifest["splits"][split]["file"], f"splits.{split}.file"),
+                         dtype=self.dtype, mode="r")
 
     def documents(self, split: str) -> list[dict]:
         return [d for d in self.manifest["documents"] if d["split"] == split]
