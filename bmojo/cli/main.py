@@ -38,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from bmojo.config import ConfigError
     from bmojo.train.checkpoint import CheckpointError
+    from bmojo.train.loop import TrainingDiverged
 
     try:
         return args.func(args) or 0
     except (ConfigError, CheckpointError) as e:
         print(f"bmojo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"bmojo {args.command}: training stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ class TrainConfig:
     log_every: int = _f(10, "write a metrics line every this many steps")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only the final one)")
     progress: bool = _f(True, "show a progress line on stderr")
+    skip_nonfinite: bool = _f(False, "skip (and count) a batch whose loss or gradients are NaN/Inf instead of "
+                                     "stopping with an error")
 
     def __post_init__(self):
         if isinstance(self.betas, list):

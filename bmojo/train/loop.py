@@ -23,6 +23,49 @@ from bmojo.train.progress import MetricsLog, Progress
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN/Inf; the message names the step and the first offending tensor."""
+
+
+def first_nonfinite(model, inputs, labels) -> str:
+    """Where non-finite values first appear: a parameter, else the first module output (in execution order) of
+    a forward pass on the batch, else a gradient."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"parameter {name}"
+    found: list[str] = []
+
+    def hook(mod, _inp, out, name=None):
+        t = out[0] if isinstance(out, tuple) else getattr(out, "logits", out)
+        if not found and torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            found.append(f"output of {name or 'the model'} ({type(mod).__name__})")
+
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            loss_and_acc(model, inputs, labels)
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        return found[0]
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"gradient of {name}"
+    return "none found on a second pass (non-deterministic overflow?)"
+
+
+def _nonfinite(loss, aux, model) -> str | None:
+    if not torch.isfinite(loss):
+        return f"loss is {loss.item()}"
+    if aux is not None and not torch.isfinite(aux):
+        return f"auxiliary loss is {aux.item()}"
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"gradient of {name} is not finite"
+    return None
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -31,6 +74,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     checkpoint: str | None = None
+    skipped_batches: int = 0
 
 
 def loss_and_acc(model, inputs, labels):
@@ -81,7 +125,7 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     bar = Progress(cfg.steps, desc, cfg.progress)
     history, result_eval, stopped = [], {}, False
     model.train()
-    t_train, tokens = 0.0, 0
+    t_train, tokens, skipped = 0.0, 0, 0
     step = start
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -91,6 +135,17 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
         loss, acc, aux = loss_and_acc(model, inputs, labels)
         opt.zero_grad(set_to_none=True)
         (loss + aux if aux is not None else loss).backward()
+        bad = _nonfinite(loss, aux, model)
+        if bad is not None:
+            if not cfg.skip_nonfinite:
+                kept = f"; the last good checkpoint ({ckpt}) is kept" if ckpt is not None and ckpt.exists() else ""
+                raise TrainingDiverged(f"step {step + 1}: {bad}; first non-finite tensor: "
+                                       f"{first_nonfinite(model, inputs, labels)}{kept}. Lower --lr, or pass "
+                                       "--skip-nonfinite true to skip such batches")
+            opt.zero_grad(set_to_none=True)
+            skipped += 1
+            log.write(step=step + 1, skipped_nonfinite=skipped, reason=bad)
+            continue
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -123,4 +178,4 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     if ckpt is not None:
         path = str(save_checkpoint(ckpt, model, {"step": steps_done, "train": cfg.to_dict(), "eval": result_eval,
                                                  **(meta or {})}, opt, files))
-    return TrainResult(steps_done, t_train, result_eval, history, stopped, path)
+    return TrainResult(steps_done, t_train, result_eval, history, stopped, path, skipped)

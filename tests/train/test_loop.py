@@ -98,3 +98,60 @@ def test_train_config_errors():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="unknown field"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def _poison_after(model, step_to_break: int, module_name: str):
+    """From the given step on, the named module's output becomes NaN (a forward hook counting calls in training)."""
+    mod = dict(model.named_modules())[module_name]
+    calls = {"n": 0}
+
+    def hook(m, i, o):
+        if m.training:
+            calls["n"] += 1
+        if calls["n"] >= step_to_break:
+            return o * float("nan")
+
+    mod.register_forward_hook(hook)
+
+
+def test_nan_loss_stops_naming_step_and_tensor_and_keeps_the_last_checkpoint(tmp_path):
+    from bmojo.train import TrainingDiverged
+
+    model, data, _ = _setup()
+    _poison_after(model, 7, "layers.0.mlp")
+    cfg = TrainConfig(steps=10, batch_size=8, eval_every=0, save_every=3, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"step 7: loss is nan; first non-finite tensor: output of "
+                                               r"layers\.0\.mlp .*last good checkpoint"):
+        train(model, cfg, data, out_dir=tmp_path)
+    _, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert meta["step"] == 6  # the last good one, untouched
+
+
+def test_nan_parameter_is_named():
+    from bmojo.train.loop import first_nonfinite
+
+    model, data, _ = _setup()
+    with torch.no_grad():
+        model.layers[0].mixer.o_proj.weight[0, 0] = float("inf")
+    assert first_nonfinite(model, *data(0)) == "parameter layers.0.mixer.o_proj.weight"
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path):
+    model, data, _ = _setup()
+    mod = dict(model.named_modules())["layers.0.mlp"]
+    bad_steps = {3, 5}
+    calls = {"n": 0}
+
+    def hook(m, i, o):
+        if m.training:
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                return o * float("nan")
+
+    mod.register_forward_hook(hook)
+    res = train(model, TrainConfig(steps=8, batch_size=8, eval_every=0, log_every=1, progress=False,
+                                   skip_nonfinite=True), data, out_dir=tmp_path)
+    assert res.skipped_batches == 2 and res.steps == 8
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "skipped_nonfinite" in r] == [3, 5]
