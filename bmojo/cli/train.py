@@ -12,6 +12,7 @@ from bmojo.cli.common import add_dataclass_args, dataclass_from_args, model_over
 from bmojo.cli.data import add_corpus_args
 from bmojo.data.text.corpus import open_corpus
 from bmojo.models import PRESETS
+from bmojo.train import dist
 from bmojo.train.config import TrainConfig
 from bmojo.train.lm import DEFAULT_LM_MODEL, LMSpec, train_lm
 
@@ -35,11 +36,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     spec = LMSpec(args.preset, args.seq_len, args.params, model_overrides(args.model_opt))
     tcfg = dataclass_from_args(TrainConfig, args, TRAIN_DEFAULTS)
+    d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
+    main = d is None or d.main
+    if not main:
+        d.barrier()  # rank 0 prepares the corpus (first use) while the others wait
     corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
+    if d is not None and main:
+        d.barrier()
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{args.preset}")
-    print(f"train: {args.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
-          f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}", flush=True)
+    if main:
+        print(f"train: {args.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
+              f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
+              flush=True)
     model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume)
+    if not main:
+        return 0
     summary = {"preset": args.preset, "params": model.num_params(), "steps": res.steps,
                "train_seconds": res.train_seconds, "val_loss": res.eval.get("loss"), "val_ppl": res.eval.get("ppl"),
                "checkpoint": res.checkpoint}

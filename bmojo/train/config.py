@@ -23,6 +23,7 @@ class TrainConfig:
     log_every: int = _f(10, "write a metrics line every this many steps")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only the final one)")
     progress: bool = _f(True, "show a progress line on stderr")
+    parallel: str = _f("ddp", "with several processes (torchrun): ddp (replicated model) or fsdp (FSDP2, sharded)")
     skip_nonfinite: bool = _f(False, "skip (and count) a batch whose loss or gradients are NaN/Inf instead of "
                                      "stopping with an error")
 
@@ -39,6 +40,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr={self.lr!r}: must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"TrainConfig.parallel={self.parallel!r}: allowed: ddp, fsdp")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ConfigError(f"TrainConfig.target_acc={self.target_acc!r}: must be in (0, 1] or None")
 

@@ -9,18 +9,25 @@ import torch
 from bmojo.train.config import TrainConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters without weight decay: 1-D ones and those tagged `_no_weight_decay` (read before
+    any wrapping, which may replace the parameter objects and drop the tag)."""
+    return {n for n, p in model.named_parameters() if p.ndim < 2 or getattr(p, "_no_weight_decay", False)}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str] | None = None) -> list[dict]:
+    no_decay = no_decay_names(model) if no_decay is None else no_decay
+    decay, keep, seen = [], [], set()
+    for n, p in model.named_parameters():  # tied weights appear once
+        if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (keep if n in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, no_decay: set[str] | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, no_decay), lr=cfg.lr, betas=cfg.betas)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
