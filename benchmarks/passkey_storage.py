@@ -45,11 +45,21 @@ def cmd_train(args) -> int:
     cfg = ModelConfig(**MODEL, memory_size=args.memory, max_seq_len=args.seq_len, **json.loads(args.model_opts))
     torch.manual_seed(0)
     model = BMojoLM(cfg)
+    before = {"steps": 0, "train_seconds": 0.0}
+    if args.init:  # continue from an earlier run's weights (a new optimizer and schedule), with --model-opts
+        old, before = load_checkpoint(args.init)
+        cfg = ModelConfig.from_dict({**old.cfg.to_dict(), **json.loads(args.model_opts)})
+        model = BMojoLM(cfg)
+        model.load_state_dict(old.state_dict())
     t = time.perf_counter()
-    res = train(model, TrainConfig(steps=args.steps, batch_size=32, lr=3e-3, warmup=50, eval_every=100,
-                                   target_acc=0.995), batch_stream(gen, 32, 0), eval_batches=evals)
-    meta = {"model": cfg.to_dict(), "task": task.to_dict(), "steps": res.steps, "acc": res.eval["acc"],
-            "train_seconds": time.perf_counter() - t, "params": model.num_params()}
+    res = train(model, TrainConfig(steps=args.steps, batch_size=32, lr=args.lr, warmup=50, eval_every=100,
+                                   target_acc=0.995, seed=before["steps"]), batch_stream(gen, 32, before["steps"]),
+                eval_batches=evals)
+    meta = {"model": cfg.to_dict(), "task": task.to_dict(), "steps": before["steps"] + res.steps,
+            "acc": res.eval["acc"], "train_seconds": before["train_seconds"] + time.perf_counter() - t,
+            "params": model.num_params(), "stages": before.get("stages", []) + [
+                {"steps": res.steps, "lr": args.lr, "acc": res.eval["acc"], "init": args.init,
+                 "model_opts": json.loads(args.model_opts)}]}
     save_checkpoint(args.checkpoint, model, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "model"}))
     return 0
@@ -147,6 +157,8 @@ def main() -> int:
     t.add_argument("--memory", type=int, default=256, help="eidetic memory M at training")
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--model-opts", default="{}", help="JSON ModelConfig overrides")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--init", default=None, help="start from this checkpoint's weights (a further training stage)")
     t.add_argument("--checkpoint", default=str(OUT / "model"))
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=cmd_train)

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 
-def rope_complex(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """x (B, T, H, Dh) at positions 0..T-1; pairs (x_j, x_{j+Dh/2}) rotate by pos * theta^(-2j/Dh)."""
+def rope_complex(x: torch.Tensor, theta: float, fraction: float = 1.0) -> torch.Tensor:
+    """x (B, T, H, Dh) at positions 0..T-1; pairs (x_j, x_{j+Dh/2}) rotate by pos * theta^(-2j/Dh), for the
+    first round(fraction * Dh/2) pairs only."""
     T, Dh = x.shape[1], x.shape[-1]
     freqs = theta ** (-torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
+    freqs[round(fraction * (Dh // 2)):] = 0.0
     rot = torch.polar(torch.ones(T, Dh // 2, dtype=torch.float64), torch.arange(T)[:, None] * freqs)
     xc = torch.complex(x[..., :Dh // 2].double(), x[..., Dh // 2:].double()) * rot[None, :, None, :]
     return torch.cat([xc.real, xc.imag], dim=-1).to(x.dtype)
@@ -68,15 +70,15 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         K = mixer.attn_conv.kernel_size[0]
         a = F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), mixer.attn_conv.weight, mixer.attn_conv.bias,
                      groups=D).transpose(1, 2)
-    q = rope_complex(mixer.q_proj(a).view(B, T, H, Dh), mixer.rope_theta)
-    k = rope_complex(mixer.k_proj(a).view(B, T, Hk, Dh), mixer.rope_theta)
+    q = rope_complex(mixer.q_proj(a).view(B, T, H, Dh), mixer.rope_theta, mixer.rope_fraction)
+    k = rope_complex(mixer.k_proj(a).view(B, T, Hk, Dh), mixer.rope_theta, mixer.rope_fraction)
     v = mixer.v_proj(a).view(B, T, Hk, Dh)
     ssm = getattr(mixer, "ssm", None)
     f = ssm(x, return_state=False)[0] if ssm is not None else None
     fk = fv = in_mem = mem_v = None
     if getattr(mixer, "fading", False):
         kp, vp = (mixer.fk_proj, mixer.fv_proj) if hasattr(mixer, "fk_proj") else (mixer.k_proj, mixer.v_proj)
-        fk = rope_complex(kp(f).view(B, T, Hk, Dh), mixer.rope_theta)
+        fk = rope_complex(kp(f).view(B, T, Hk, Dh), mixer.rope_theta, mixer.rope_fraction)
         fv = vp(f).view(B, T, Hk, Dh)
     if getattr(mixer, "memory_size", 0) > 0:
         assert mixer.rule == "topk" and mixer.decay == 1.0, "the oracle covers top-k memory without decay"

@@ -28,12 +28,40 @@ def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+def _type_ok(value, typ: str) -> bool:
+    """Whether a JSON value fits a dataclass field's annotation (written as a string: `from __future__`)."""
+    kinds = [t.strip() for t in typ.replace("Optional[", "").rstrip("]").split("|")]
+    for kind in kinds:
+        if kind == "None" and value is None:
+            return True
+        if kind == "bool" and isinstance(value, bool):
+            return True
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind == "str" and isinstance(value, str):
+            return True
+        if kind.startswith(("tuple", "list")) and isinstance(value, (list, tuple)) and \
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return True
+        if kind == "dict" and isinstance(value, dict):
+            return True
+    return False
+
+
 def checked_kwargs(cls, d: dict, owner: str | None = None) -> dict:
-    """d, after checking that every key is a field of dataclass cls (the error names the unknown ones)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+    """d, after checking that every key is a field of dataclass cls and every value has the field's type (the
+    error names the unknown or mistyped fields)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{owner or cls.__name__}: expected a JSON object of fields, got {type(d).__name__}")
+    types = {f.name: str(f.type) for f in fields(cls)}
+    unknown = sorted(set(d) - set(types))
     if unknown:
-        raise ConfigError(f"{owner or cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        raise ConfigError(f"{owner or cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(types)}")
+    for k, v in d.items():
+        if not _type_ok(v, types[k]):
+            raise ConfigError(f"{owner or cls.__name__}: field {k}={v!r} has the wrong type; expected {types[k]}")
     return d
 
 
@@ -74,6 +102,8 @@ class ModelConfig:
     mlp: bool = _f(True, "SwiGLU MLP after each mixer")
     d_ff: int | None = _f(None, "MLP hidden width; None = 8/3 d_model rounded up to a multiple of 8")
     rope_theta: float = _f(10000.0, "RoPE base")
+    rope_fraction: float = _f(1.0, "fraction of each head's frequency pairs that rotate (the highest frequencies); "
+                                   "the rest carry no position, so content matching extrapolates to any distance")
     max_seq_len: int = _f(4096, "capacity of a full-attention (A) decode cache")
     norm_eps: float = _f(1e-5, "RMSNorm epsilon")
     tie_embeddings: bool = _f(True, "LM head shares the embedding matrix")
@@ -157,6 +187,8 @@ class ModelConfig:
         need(self.d_ff is None or self.d_ff > 0, "d_ff", "must be None or a positive integer")
         need(self.impl in IMPLS, "impl", f"allowed: {IMPLS}")
         need(self.aux_loss_weight >= 0, "aux_loss_weight", "must be >= 0")
+        need(isinstance(self.rope_fraction, (int, float)) and 0 <= self.rope_fraction <= 1, "rope_fraction",
+             "must be in [0, 1]")
 
     # ---- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

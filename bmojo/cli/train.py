@@ -29,13 +29,53 @@ def add_parser(sub) -> None:
                    help=f"ModelConfig override (repeatable); built-in: {DEFAULT_LM_MODEL}")
     p.add_argument("--out", default=None, help="run folder (default runs/train/CORPUS-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help='a JSON file of settings: {"preset", "seq_len", "params", "model": {ModelConfig fields}, '
+                        '"train": {TrainConfig fields}}; options given on the command line win')
     add_dataclass_args(p, TrainConfig, skip=("target_acc",), defaults=TRAIN_DEFAULTS)
     p.set_defaults(func=run)
 
 
+CONFIG_KEYS = ("preset", "seq_len", "params", "model", "train")
+
+
+def read_config(file: str, parser_defaults: dict) -> tuple[dict, dict, dict]:
+    """(run settings, model overrides, train settings) from a JSON config file, every field checked: unknown or
+    mistyped fields are errors that name the file and the field."""
+    from bmojo.config import ConfigError, ModelConfig, checked_kwargs
+    from bmojo.utils.jsonfile import read_json
+
+    path = Path(file)
+    d = read_json(path, ConfigError, "bmojo train config")
+    unknown = sorted(set(d) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {unknown}; known fields: {list(CONFIG_KEYS)}")
+    run_kw = {k: d[k] for k in ("preset", "seq_len", "params") if k in d}
+    for k, v in run_kw.items():
+        if type(v) is not type(parser_defaults[k]):
+            raise ConfigError(f"{path}: field {k}={v!r} has the wrong type; expected "
+                              f"{type(parser_defaults[k]).__name__}")
+    if "preset" in run_kw and run_kw["preset"] not in PRESETS:
+        raise ConfigError(f"{path}: field preset={run_kw['preset']!r}; allowed: {sorted(PRESETS)}")
+    model = checked_kwargs(ModelConfig, d.get("model", {}), f"{path}: model")
+    train = checked_kwargs(TrainConfig, d.get("train", {}), f"{path}: train")
+    return run_kw, model, train
+
+
 def run(args) -> int:
-    spec = LMSpec(args.preset, args.seq_len, args.params, model_overrides(args.model_opt))
-    tcfg = dataclass_from_args(TrainConfig, args, TRAIN_DEFAULTS)
+    from bmojo.config import ConfigError
+
+    file_run, file_model, file_train = ({}, {}, {})
+    if args.config:
+        file_run, file_model, file_train = read_config(args.config, {"preset": "bmojo", "seq_len": LMSpec.seq_len,
+                                                                      "params": LMSpec.params})
+    pick = {k: (getattr(args, k) if getattr(args, k) != default else file_run.get(k, default))
+            for k, default in (("preset", "bmojo"), ("seq_len", LMSpec.seq_len), ("params", LMSpec.params))}
+    spec = LMSpec(pick["preset"], pick["seq_len"], pick["params"], {**file_model, **model_overrides(args.model_opt)})
+    try:
+        tcfg = dataclass_from_args(TrainConfig, args, {**TRAIN_DEFAULTS, **file_train})
+    except ConfigError as e:
+        raise ConfigError(f"{args.config}: {e}" if args.config else str(e)) from None
     d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
     main = d is None or d.main
     if not main:
@@ -43,18 +83,18 @@ def run(args) -> int:
     corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
     if d is not None and main:
         d.barrier()
-    out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{args.preset}")
+    out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")
     if main:
-        print(f"train: {args.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
+        print(f"train: {spec.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
               f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
               flush=True)
     model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume)
     if not main:
         return 0
-    summary = {"preset": args.preset, "params": model.num_params(), "steps": res.steps,
+    summary = {"preset": spec.preset, "params": model.num_params(), "steps": res.steps,
                "train_seconds": res.train_seconds, "val_loss": res.eval.get("loss"), "val_ppl": res.eval.get("ppl"),
                "checkpoint": res.checkpoint}
     (out / "result.json").write_text(json.dumps(summary, indent=2))
-    print(f"{args.preset} ({model.num_params():,} params): validation perplexity {res.eval.get('ppl', float('nan')):.3f}"
+    print(f"{spec.preset} ({model.num_params():,} params): validation perplexity {res.eval.get('ppl', float('nan')):.3f}"
           f" after {res.steps} steps ({res.train_seconds:.0f}s); checkpoint {res.checkpoint}")
     return 0

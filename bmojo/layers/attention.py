@@ -63,7 +63,7 @@ class Attention(nn.Module):
         D, H, Hk = cfg.d_model, cfg.n_heads, cfg.kv_heads
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = D, H, Hk, cfg.head_dim
         self.window, self.chunk, self.impl = window, (cfg.chunk_size if window else None), impl
-        self.rope_theta, self.capacity = cfg.rope_theta, cfg.max_seq_len
+        self.rope_theta, self.rope_fraction, self.capacity = cfg.rope_theta, cfg.rope_fraction, cfg.max_seq_len
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.q_proj = nn.Linear(D, H * self.head_dim, bias=False)
         self.k_proj = nn.Linear(D, Hk * self.head_dim, bias=False)
@@ -86,7 +86,8 @@ class Attention(nn.Module):
         return causal_conv1d_step(x_t, state.conv, self.attn_conv.weight[:, 0], self.attn_conv.bias)
 
     def _rope(self, t0: int, T: int, device, dtype):
-        return rope_cos_sin(torch.arange(t0, t0 + T, device=device), self.head_dim, self.rope_theta, dtype)
+        return rope_cos_sin(torch.arange(t0, t0 + T, device=device), self.head_dim, self.rope_theta, dtype,
+                            self.rope_fraction)
 
     def _kv(self, a, cos, sin):
         """a (B, T, D) -> k, v (B, T, Hk, Dh), k rotated."""

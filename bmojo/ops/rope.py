@@ -4,9 +4,16 @@ from __future__ import annotations
 import torch
 
 
-def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
-    """positions (T,) long -> cos, sin (T, 1, dim) to broadcast over (B, T, H, dim)."""
+def rotated_pairs(dim: int, fraction: float) -> int:
+    """How many of a head's dim/2 frequency pairs rotate (the highest frequencies) for a rope_fraction."""
+    return round(fraction * (dim // 2))
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype, fraction: float = 1.0):
+    """positions (T,) long -> cos, sin (T, 1, dim) to broadcast over (B, T, H, dim).  With fraction < 1 only the
+    highest-frequency pairs rotate; the others carry no position (their angle is 0)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    inv_freq[rotated_pairs(dim, fraction):] = 0.0
     ang = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, dim/2)
     ang = torch.cat([ang, ang], dim=-1)[:, None, :]  # (T, 1, dim)
     return ang.cos().to(dtype), ang.sin().to(dtype)

@@ -92,3 +92,19 @@ def test_predictor_never_changes_main_gradients():
     names = [n for n, _ in m.named_parameters()] + ["x"]
     touched = [n for n, g in zip(names, aux_grads) if g is not None and g.abs().max() > 0]
     assert touched == ["predictor.weight"], f"aux loss reached {touched}"
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_partial_rope_matches_dense_oracle(fraction):
+    """rope_fraction < 1: only the highest-frequency pairs rotate (the oracle rotates the same pairs)."""
+    m = _randomise(BMojoMixer(tiny("bmojo", rope_fraction=fraction), 0))
+    x = _x(LENGTHS["gt4W"])
+    assert_close(m(x)[0], bmojo_layer_minimal(m, x), name=f"rope_fraction={fraction} vs dense")
+
+
+def test_unrotated_pairs_carry_no_position():
+    from bmojo.ops.rope import rope_cos_sin
+
+    cos, sin = rope_cos_sin(torch.arange(0, 100000, 997), 16, 10000.0, torch.float32, fraction=0.25)
+    assert torch.all(cos[..., 2:8] == 1) and torch.all(sin[..., 2:8] == 0)  # pairs 2..7 never rotate
+    assert not torch.all(cos[..., :2] == 1)

@@ -79,8 +79,8 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
             if old.manifest["settings"] == settings:
                 log(f"{out}: already prepared ({old.summary()}); --force to redo")
                 return out
-        except ConfigError:
-            pass  # unreadable: prepare it again
+        except ConfigError as e:  # damaged: the source is still there, so it is prepared again
+            log(f"{out}: damaged ({e}); preparing it again")
     src = _source(corpus, source, Path(root))
     t0 = time.perf_counter()
     log(f"reading {src.description}")
