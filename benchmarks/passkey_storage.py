@@ -93,6 +93,10 @@ def run_sample(model, ids, key, store, segment, latency_steps):
 def cmd_eval(args) -> int:
     torch.set_num_threads(args.threads)
     model, meta = load_checkpoint(args.checkpoint)
+    if args.model_opts != "{}":  # inference-time settings (e.g. a smaller memory_size, a memory_decay < 1)
+        trained = model
+        model = BMojoLM(ModelConfig.from_dict({**trained.cfg.to_dict(), **json.loads(args.model_opts)}))
+        model.load_state_dict(trained.state_dict())
     model.eval()
     lengths = [int(x) for x in args.lengths.split(",")]
     samples = [int(x) for x in args.samples.split(",")]
@@ -139,7 +143,8 @@ def cmd_eval(args) -> int:
         }
     res = {"checkpoint": str(args.checkpoint), "train": {k: v for k, v in meta.items() if k in
                                                           ("task", "steps", "acc", "params")},
-           "memory_size": model.cfg.memory_size, "window": model.cfg.window, "store": vars(scfg),
+           "memory_size": model.cfg.memory_size, "memory_decay": model.cfg.memory_decay,
+           "model_opts": json.loads(args.model_opts), "window": model.cfg.window, "store": vars(scfg),
            "state_bytes": model.state_bytes(1), "segment": args.segment, "threads": args.threads,
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
                       f"torch {torch.__version__}", "summary": summary, "rows": rows}
@@ -174,6 +179,8 @@ def main() -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--tmp", default=None, help="where the stores are made (default: the system temp folder)")
     e.add_argument("--label", default="eval")
+    e.add_argument("--model-opts", default="{}", help="JSON ModelConfig overrides at inference, e.g. "
+                   '\'{"memory_decay": 0.5}\'')
     e.set_defaults(func=cmd_eval)
     args = ap.parse_args()
     return args.func(args)

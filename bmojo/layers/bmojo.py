@@ -211,7 +211,7 @@ class BMojoMixer(Attention):
         ev, evis = torch.zeros_like(ek), torch.zeros(B, n, H, K, dtype=torch.bool, device=q.device)
         for row in range(B):
             ix = store.index[row]
-            if ix.n == 0 or int(ix.pos[:ix.n].min()) > int(qpos[-1]) - self.window:
+            if ix.n == 0 or ix.min_pos > int(qpos[-1]) - self.window:
                 continue  # nothing visible yet
             ids, keys, _ = ix.search(q[row].detach().cpu(), qpos.cpu(), self.window, K)
             ek[row], evis[row] = keys.to(ek), (ids >= 0).to(q.device)

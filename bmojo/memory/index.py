@@ -28,6 +28,7 @@ class LayerIndex:
     def __init__(self, kv_heads: int, head_dim: int, cfg):
         self.kv_heads, self.head_dim, self.cfg = kv_heads, head_dim, cfg
         self.n = 0
+        self.min_pos = None  # the oldest stored position: nothing is visible to a query before min_pos + W
         self.keys = torch.empty(kv_heads, 0, head_dim)
         self.pos = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
@@ -52,6 +53,8 @@ class LayerIndex:
         self.keys[:, self.n:need] = k.transpose(0, 1)
         self.pos[self.n:need], self.ids[self.n:need] = pos, ids
         self.n = need
+        low = int(pos.min())
+        self.min_pos = low if self.min_pos is None else min(self.min_pos, low)
         if self.ann is not None:
             for g, ix in enumerate(self.ann):
                 ix.add(k[:, g].contiguous().numpy())
@@ -86,9 +89,13 @@ class LayerIndex:
         if self.ann is not None and not exact:
             return self._search_ann(qf, limit, k)
         out_s, out_i = [], []
+        keys_t = self.keys[:, :self.n].transpose(1, 2)  # (Hk, Dh, n): a strided view, no copy
         step = max(1, (1 << 22) // max(1, self.n * H))  # bound the (rows, H, n) score block to ~16 MB
         for a in range(0, n, step):
-            s = torch.einsum("qkgd,knd->qkgn", qf[a:a + step], self.keys[:, :self.n])
+            qa = qf[a:a + step]  # (r, Hk, G, Dh)
+            r = qa.shape[0]
+            s = torch.bmm(qa.permute(1, 0, 2, 3).reshape(self.kv_heads, r * G, Dh), keys_t)  # (Hk, r*G, n)
+            s = s.view(self.kv_heads, r, G, self.n).transpose(0, 1)  # (r, Hk, G, n)
             s = s.masked_fill(self.pos[:self.n] > limit[a:a + step], float("-inf"))
             top = s.topk(min(k, self.n), dim=-1)
             out_s.append(top.values)

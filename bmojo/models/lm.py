@@ -51,6 +51,7 @@ class BMojoLM(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.impl = resolve_impl(cfg.impl)
+        self.fingerprint = cfg.fingerprint()  # of the architecture as built (decode checks it every step)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i, self.impl) for i in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -76,7 +77,7 @@ class BMojoLM(nn.Module):
     def _check_state(self, state, batch: int) -> None:
         if not isinstance(state, ModelState):
             raise TypeError(f"state must be a ModelState from this model, got {type(state).__name__}")
-        if state.fingerprint != self.cfg.fingerprint():
+        if state.fingerprint != self.fingerprint:
             raise ValueError(f"decode state belongs to another model (fingerprint {state.fingerprint}, this model "
                              f"{self.cfg.fingerprint()})")
         if state.layers and state.layers[0].batch_size() != batch:

@@ -1,26 +1,14 @@
 """Bad input everywhere gets a clear error (exit 2) naming the file and the field, and loses nothing already
 written: config files, corpora, checkpoints, token files."""
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from bmojo.cli.main import main
 
-SLICE = Path(__file__).parents[1] / "data" / "shakespeare_slice"
 TINY = ["--params", "15000", "--seq-len", "16", "--model-opt", "n_layers=1", "--model-opt", "n_heads=2",
         "--model-opt", "window=8", "--model-opt", "chunk=4", "--model-opt", "memory_size=4",
         "--model-opt", "ssm_head_dim=8", "--model-opt", "d_state=4"]
-
-
-@pytest.fixture
-def texts(tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for p in SLICE.glob("*_gut.txt"):
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 def _train(tmp_path, texts, *extra):

@@ -1,8 +1,6 @@
 """`bmojo data prepare`, `train`, `eval ppl` and `generate` end to end on the shipped slice, in seconds; bad
 input exits with code 2 and a message naming what is wrong."""
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -10,18 +8,8 @@ from bmojo.cli.generate import StreamDecoder
 from bmojo.cli.main import main
 from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer
 
-SLICE = Path(__file__).parents[1] / "data" / "shakespeare_slice"
 TINY = ["--model-opt", "n_layers=1", "--model-opt", "n_heads=2", "--model-opt", "window=8", "--model-opt", "chunk=4",
         "--model-opt", "memory_size=4", "--model-opt", "ssm_head_dim=8", "--model-opt", "d_state=4"]
-
-
-@pytest.fixture
-def texts(tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for p in SLICE.glob("*_gut.txt"):
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])

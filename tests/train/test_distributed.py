@@ -2,18 +2,16 @@
 global batch, for DDP and FSDP2; checkpoints written by 2 processes resume in 1 and the reverse."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from bmojo.cli.main import main
 from bmojo.train import load_checkpoint
+from tests.conftest import copy_slice
 
-SLICE = Path(__file__).parents[1] / "data" / "shakespeare_slice"
 TINY = ["--model-opt", "n_layers=2", "--model-opt", "n_heads=2", "--model-opt", "window=8", "--model-opt", "chunk=4",
         "--model-opt", "memory_size=4", "--model-opt", "ssm_head_dim=8", "--model-opt", "d_state=4"]
 
@@ -21,10 +19,7 @@ TINY = ["--model-opt", "n_layers=2", "--model-opt", "n_heads=2", "--model-opt", 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    texts = root / "texts"
-    texts.mkdir()
-    for p in SLICE.glob("*_gut.txt"):
-        shutil.copy(p, texts / p.name)
+    texts = copy_slice(root / "texts")
     assert main(["data", "prepare", "--corpus", str(texts), "--data", str(root / "data")]) == 0
     return texts, root / "data"
 
