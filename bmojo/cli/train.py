@@ -6,6 +6,7 @@ continues an interrupted run from its last checkpoint (use --save-every to check
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from bmojo.cli.common import add_dataclass_args, dataclass_from_args, model_overrides
@@ -36,10 +37,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-CONFIG_KEYS = ("preset", "seq_len", "params", "model", "train")
-
-
-def read_config(file: str, parser_defaults: dict) -> tuple[dict, dict, dict]:
+def read_config(file: str) -> tuple[dict, dict, dict]:
     """(run settings, model overrides, train settings) from a JSON config file, every field checked: unknown or
     mistyped fields are errors that name the file and the field."""
     from bmojo.config import ConfigError, ModelConfig, checked_kwargs
@@ -47,19 +45,16 @@ def read_config(file: str, parser_defaults: dict) -> tuple[dict, dict, dict]:
 
     path = Path(file)
     d = read_json(path, ConfigError, "bmojo train config")
-    unknown = sorted(set(d) - set(CONFIG_KEYS))
+    known = [f.name for f in fields(LMSpec)] + ["train"]
+    unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {unknown}; known fields: {list(CONFIG_KEYS)}")
-    run_kw = {k: d[k] for k in ("preset", "seq_len", "params") if k in d}
-    for k, v in run_kw.items():
-        if type(v) is not type(parser_defaults[k]):
-            raise ConfigError(f"{path}: field {k}={v!r} has the wrong type; expected "
-                              f"{type(parser_defaults[k]).__name__}")
-    if "preset" in run_kw and run_kw["preset"] not in PRESETS:
-        raise ConfigError(f"{path}: field preset={run_kw['preset']!r}; allowed: {sorted(PRESETS)}")
-    model = checked_kwargs(ModelConfig, d.get("model", {}), f"{path}: model")
+        raise ConfigError(f"{path}: unknown field(s) {unknown}; known fields: {known}")
+    spec = checked_kwargs(LMSpec, {k: v for k, v in d.items() if k != "train"}, str(path))
+    if "preset" in spec and spec["preset"] not in PRESETS:
+        raise ConfigError(f"{path}: field preset={spec['preset']!r}; allowed: {sorted(PRESETS)}")
+    model = checked_kwargs(ModelConfig, spec.pop("model", {}), f"{path}: model")
     train = checked_kwargs(TrainConfig, d.get("train", {}), f"{path}: train")
-    return run_kw, model, train
+    return spec, model, train
 
 
 def run(args) -> int:
@@ -67,8 +62,7 @@ def run(args) -> int:
 
     file_run, file_model, file_train = ({}, {}, {})
     if args.config:
-        file_run, file_model, file_train = read_config(args.config, {"preset": "bmojo", "seq_len": LMSpec.seq_len,
-                                                                      "params": LMSpec.params})
+        file_run, file_model, file_train = read_config(args.config)
     pick = {k: (getattr(args, k) if getattr(args, k) != default else file_run.get(k, default))
             for k, default in (("preset", "bmojo"), ("seq_len", LMSpec.seq_len), ("params", LMSpec.params))}
     spec = LMSpec(pick["preset"], pick["seq_len"], pick["params"], {**file_model, **model_overrides(args.model_opt)})

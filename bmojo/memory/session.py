@@ -81,9 +81,8 @@ def load_session(store: Store, model, device=None):
             meta = json.loads(json.loads(f.read(n))["__metadata__"]["bmojo_session"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{path}: not a readable bmojo session ({e})") from None
-    if meta.get("fingerprint") != model.cfg.fingerprint():
-        raise StoreError(f"{path}: fingerprint={meta.get('fingerprint')!r}, this model's is "
-                         f"{model.cfg.fingerprint()!r}")
+    if meta.get("fingerprint") != model.fingerprint:
+        raise StoreError(f"{path}: fingerprint={meta.get('fingerprint')!r}, this model's is {model.fingerprint!r}")
     store.truncate({int(k): v for k, v in meta["store_entries"].items()}, reason=f"beyond the saved {SESSION}")
     state = model.init_state(store.rows, device, store=store)
     for i, s in enumerate(state.layers):

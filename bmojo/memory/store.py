@@ -87,7 +87,7 @@ def store_spec(model, rows: int = 1, dtype: str = "float32") -> dict:
     if not layers:
         raise StoreError(f"model pattern {model.cfg.pattern!r} has no B'MOJO layer with eidetic memory "
                          "(memory_size > 0): nothing would ever be stored")
-    return make_spec(model.cfg.fingerprint(), layers, rows, dtype)
+    return make_spec(model.fingerprint, layers, rows, dtype)
 
 
 class _Writer(threading.Thread):
@@ -295,7 +295,7 @@ class Store:
     # ---- size ---------------------------------------------------------------------------------------------
     def info(self) -> dict:
         """Entries per layer, bytes on disk and bytes of the in-RAM index."""
-        disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        disk = disk_bytes(self.folder)
         return {"folder": str(self.folder), "rows": self.rows, "entries": {str(i): len(ls) for i, ls in
                                                                           self.layers.items()},
                 "disk_bytes": disk, "index_bytes": sum(ls.nbytes_index() for ls in self.layers.values())}
@@ -359,6 +359,10 @@ def clear(folder) -> None:
     shutil.rmtree(folder)
 
 
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
 def describe(folder) -> dict:
     """Size of a store on disk without loading it: entries per layer and bytes."""
     folder = Path(folder)
@@ -370,6 +374,6 @@ def describe(folder) -> dict:
         p = folder / f"layer{key}.bin"
         entries[key] = (p.stat().st_size if p.exists() else 0) // record_dtype(d["kv_heads"], d["head_dim"],
                                                                                meta["dtype"]).itemsize
-    disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    disk = disk_bytes(folder)
     return {"folder": str(folder), "fingerprint": meta["fingerprint"], "rows": meta["rows"], "entries": entries,
             "disk_bytes": disk, "has_session": (folder / "session.safetensors").exists()}

@@ -79,7 +79,7 @@ class BMojoLM(nn.Module):
             raise TypeError(f"state must be a ModelState from this model, got {type(state).__name__}")
         if state.fingerprint != self.fingerprint:
             raise ValueError(f"decode state belongs to another model (fingerprint {state.fingerprint}, this model "
-                             f"{self.cfg.fingerprint()})")
+                             f"{self.fingerprint})")
         if state.layers and state.layers[0].batch_size() != batch:
             raise ValueError(f"decode state has batch {state.layers[0].batch_size()}, input has batch {batch}")
 
@@ -103,7 +103,7 @@ class BMojoLM(nn.Module):
         new_state = None
         if return_state:
             new_state = ModelState(states, (state.pos if state is not None else 0) + ids.shape[1],
-                                   self.cfg.fingerprint())
+                                   self.fingerprint)
         return LMOutput(logits, new_state, self._aux_loss())
 
     def _aux_loss(self):
@@ -131,13 +131,13 @@ class BMojoLM(nn.Module):
         dtype = dtype if dtype is not None else p.dtype
         layers = [b.mixer.init_state(batch, device, dtype, capacity) for b in self.layers]
         if store is not None:
-            if store.spec["fingerprint"] != self.cfg.fingerprint():
+            if store.spec["fingerprint"] != self.fingerprint:
                 raise ValueError(f"store {store.folder} was made for another model")
             if store.rows != batch:
                 raise ValueError(f"store {store.folder} holds {store.rows} sequence(s), the state is for batch {batch}")
             for i, ls in store.layers.items():
                 layers[i].store = ls
-        return ModelState(layers, 0, self.cfg.fingerprint())
+        return ModelState(layers, 0, self.fingerprint)
 
     # ---- accounting -------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

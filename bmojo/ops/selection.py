@@ -86,13 +86,12 @@ def memory_update(mem: Entries, cand: Entries, *, rule: str = "topk", decay: flo
     if rule == "topk":
         pool = Entries(mem.prio * decay, mem.pos, mem.src).cat(cand)
         order = top(pool.prio, pool.prio.shape[1])
-        kept, lost = pool.take(order[:, :M]), pool.take(order[:, M:])
-    else:  # fifo
-        k = min(per_chunk, cand.prio.shape[1])
-        order = top(cand.prio, cand.prio.shape[1])
-        kept = mem.slice(k, M).cat(cand.take(order[:, :k]))
-        lost = mem.slice(0, k).cat(cand.take(order[:, k:]))
-    return (kept, lost) if evicted else kept
+        kept = pool.take(order[:, :M])
+        return (kept, pool.take(order[:, M:])) if evicted else kept
+    k = min(per_chunk, cand.prio.shape[1])  # fifo
+    order = top(cand.prio, cand.prio.shape[1])
+    kept = mem.slice(k, M).cat(cand.take(order[:, :k]))
+    return (kept, mem.slice(0, k).cat(cand.take(order[:, k:]))) if evicted else kept
 
 
 @torch.no_grad()
@@ -117,8 +116,10 @@ def select_memory(scores, *, start: int, chunk: int, mem: Entries, pending: Entr
         pending = pending.cat(new.slice(t, t + n))
         t += n
         if start + t == end:
-            mem, lost = memory_update(mem, pending, rule=rule, decay=decay, per_chunk=per_chunk, evicted=True)
-            if evictions is not None:
+            if evictions is None:
+                mem = memory_update(mem, pending, rule=rule, decay=decay, per_chunk=per_chunk)
+            else:
+                mem, lost = memory_update(mem, pending, rule=rule, decay=decay, per_chunk=per_chunk, evicted=True)
                 evictions.append(lost)
             pending = pending.slice(0, 0)
     blocks = Entries(*(torch.stack([getattr(m, f) for m in seen], 1) for f in ("prio", "pos", "src")))

@@ -63,14 +63,18 @@ def first_nonfinite(model, inputs, labels) -> str:
 
 
 def _nonfinite(loss, aux, model) -> str | None:
+    """What is not finite after a backward pass, or None; one device sync when all is well."""
+    grads = [(n, p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad)
+             for n, p in model.named_parameters() if p.grad is not None]
+    checks = [loss.detach().reshape(1), *([aux.detach().reshape(1)] if aux is not None else [])]
+    if bool(torch.isfinite(torch.cat(checks)).all()) and \
+            bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all() if grads else True):
+        return None
     if not torch.isfinite(loss):
         return f"loss is {loss.item()}"
     if aux is not None and not torch.isfinite(aux):
         return f"auxiliary loss is {aux.item()}"
-    for name, p in model.named_parameters():
-        if p.grad is not None and not _finite(p.grad):
-            return f"gradient of {name} is not finite"
-    return None
+    return next(f"gradient of {n} is not finite" for n, g in grads if not torch.isfinite(g).all())
 
 
 @dataclass
