@@ -85,6 +85,9 @@ class ModelConfig:
                                                   "recency; None = every B layer")
     selection_gate: bool = _f(False, "learn a per-token gate g = w.x through the task: g adds to the eidetic "
                                      "priority and stored values are scaled by sigmoid(g)")
+    train_store_topk: int = _f(0, "> 0: a training forward from the start of a sequence also reads a long-term "
+                                  "store (bmojo.memory) built from the sequence's own evicted entries, retrieving "
+                                  "this many per query and head (exact search), so the model learns to use one")
     fading: bool = _f(True, "B layers attend to the fading (SSM) keys; off leaves window + memory")
     tie_fading: bool = _f(True, "fading keys/values use the raw tokens' k/v projections")
     attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
@@ -176,6 +179,8 @@ class ModelConfig:
                                              and self.memory_size % self.fifo_per_chunk == 0),
              "fifo_per_chunk", f"with fifo it must be <= chunk and divide memory_size={self.memory_size}")
         need(0.0 < self.memory_decay <= 1.0, "memory_decay", "must be in (0, 1]")
+        need(isinstance(self.train_store_topk, int) and self.train_store_topk >= 0, "train_store_topk",
+             "must be an integer >= 0")
         need(self.score_layers is None or all(isinstance(i, int) and 0 <= i < self.n_layers
                                               for i in self.score_layers),
              "score_layers", f"must be None or layer indices in 0 .. {self.n_layers - 1}")

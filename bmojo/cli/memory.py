@@ -21,7 +21,9 @@ def add_store_args(p) -> None:
                         "queries; created if missing")
     g.add_argument("--store-topk", type=int, default=StoreConfig.topk, help="entries retrieved per query and head")
     g.add_argument("--store-search", default=StoreConfig.search, choices=["exact", "ann", "auto"],
-                   help="exact search, an approximate (faiss HNSW) index, or ann above --store-ann-threshold entries")
+                   help="exact search (default), an approximate index (faiss HNSW: faster past ~64k entries, but "
+                        "on a trained model's keys it can miss the rare entry a recall needs), or ann above "
+                        "--store-ann-threshold entries")
     g.add_argument("--store-ann-threshold", type=int, default=StoreConfig.ann_threshold,
                    help="entries per layer and sequence above which `auto` switches to the approximate index")
 

@@ -12,6 +12,9 @@ scorer), and once per chunk of C tokens the memory keeps the M candidates of hig
 (bmojo.ops.selection).  P is trained only by its own auxiliary loss on detached inputs
 (`self.aux_loss` after a training forward), so it never changes the main gradients.
 `memory_size=0` gives B'MOJO-F; `fading=False, memory_size=0` gives sliding-window attention.
+Long-term store (bmojo.memory): with a store in the state, the tokens that leave the memory go there and each
+query also reads its top-k entries; `train_store_topk` makes a training forward read the store its own
+evictions would build, so that a model learns to use one.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class BMojoMixer(Attention):
         self.memory_size = cfg.memory_size if memory else 0
         self.selector = cfg.selector_for(layer_idx)
         self.rule, self.decay, self.per_chunk = cfg.memory_rule, cfg.memory_decay, cfg.fifo_per_chunk
+        self.train_store_topk = cfg.train_store_topk if self.memory_size > 0 else 0
         self.ssm_residual = cfg.ssm_residual
         self.uses_f_prev = self.memory_size > 0 and self.selector in ("innovation", "norm")
         self.ssm = make_ssm(cfg, impl) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
@@ -117,6 +121,7 @@ class BMojoMixer(Attention):
         W, C, M = self.window, self.chunk, self.memory_size
         t0 = state.pos if state is not None else 0
         store = state.store if (state is not None and M > 0) else None
+        own_store = store is None and state is None and self.training and self.train_store_topk > 0
         self.aux_loss = None
         # 1. attention input and fading memory (the SSM reads the layer input)
         a, conv_state = self._attn_input(x, state, return_state)
@@ -156,7 +161,7 @@ class BMojoMixer(Attention):
                 mem0, pend = Entries.empty(B, M, x.device), Entries.empty(B, 0, x.device)
                 table_k, table_v = torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1), \
                     torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs_mem], 1)
-            evictions = [] if store is not None else None
+            evictions = [] if (store is not None or own_store) else None
             blocks, mem_end, pend_end = select_memory(scores, start=t0, chunk=C, mem=mem0, pending=pend,
                                                       src_offset=M + t0 - k_start, rule=self.rule,
                                                       decay=self.decay, per_chunk=self.per_chunk,
@@ -171,7 +176,9 @@ class BMojoMixer(Attention):
         # 5. one softmax over [store | eidetic | fading | raw window]
         if store is not None:  # each query block reads the store as it stood after the previous chunk
             mem_kw["extra"] = self._store_read(store, q, t0, evictions, table_k, table_v)
-        explicit = self.trace is not None or store is not None
+        elif own_store:
+            mem_kw["extra"] = self._store_from_evictions(q, table_k, table_v, evictions)
+        explicit = self.trace is not None or "extra" in mem_kw
         attn = window_attention_shares if explicit else WINDOW_ATTN[self.impl]
         o = attn(q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start,
                  scale=self.scale, **mem_kw)
@@ -233,6 +240,44 @@ class BMojoMixer(Attention):
         if len(evictions) == len(parts):  # the last chunk completed: its update's losers go in too
             self._store_add(store, evictions[-1], table_k, table_v)
         return tuple(torch.cat(x, 1) for x in zip(*parts))
+
+    def _store_from_evictions(self, q, table_k, table_v, evictions):
+        """Training (`train_store_topk`, a forward from position 0): the store a fresh sequence builds, i.e. the
+        entries lost by each memory update, searched exactly as `LayerIndex.search` does (query i of block b
+        sees the losers of updates 0 .. b-1 at positions <= i - W; top-k per head by q.k), with gradients
+        through the retrieved keys and values.  Equals attaching a fresh exact store (tested)."""
+        B, T, H, Dh = q.shape
+        M, C, W, K = self.memory_size, self.chunk, self.window, self.train_store_topk
+        Hk, n = table_k.shape[2], table_k.shape[1]  # table: [M empty slots | the stream from position 0]
+        G = H // Hk
+        bi = torch.arange(B, device=q.device)[:, None]
+        added = torch.full((B, n + 1), len(evictions), dtype=torch.long, device=q.device)  # the update that lost it
+        for u, lost in enumerate(evictions):
+            added[bi, torch.where(lost.pos >= 0, lost.src, n)] = u  # empty slots write to the scratch column n
+        added = added[:, :n]
+        pos = torch.arange(n, device=q.device) - M
+        kt = table_k.detach().permute(0, 2, 3, 1)  # (B, Hk, Dh, n)
+        qg = q.detach().view(B, T, Hk, G, Dh).permute(0, 2, 1, 3, 4).reshape(B, Hk, T * G, Dh)
+        top_i, top_ok = [], []
+        rows = max(C, ((1 << 23) // max(1, B * H * n)) // C * C)  # score block ~32 MB
+        with torch.no_grad():
+            for a in range(0, T, rows):
+                r = min(rows, T - a)
+                s = (qg[:, :, a * G:(a + r) * G] @ kt).view(B, Hk, r, G, n)
+                i = torch.arange(a, a + r, device=q.device)
+                vis = (added[:, None, :] < (i // C)[None, :, None]) & (pos[None, None, :] <= (i - W)[None, :, None])
+                s = s.masked_fill(~vis[:, None, :, None, :], float("-inf"))
+                top = s.topk(min(K, n), dim=-1)
+                top_i.append(top.indices.permute(0, 2, 1, 3, 4).reshape(B, r, H, -1))
+                top_ok.append(top.values.permute(0, 2, 1, 3, 4).reshape(B, r, H, -1) > float("-inf"))
+        idx, ok = torch.cat(top_i, 1), torch.cat(top_ok, 1)  # (B, T, H, K')
+        kv_head = (torch.arange(H, device=q.device) // G)[None, None, :, None]
+        ek, ev = table_k[bi[..., None, None], idx, kv_head], table_v[bi[..., None, None], idx, kv_head]
+        if idx.shape[-1] < K:  # fewer entries than K: pad, as the index does
+            pad = K - idx.shape[-1]
+            ek, ev = (torch.cat([t, t.new_zeros(B, T, H, pad, Dh)], 3) for t in (ek, ev))
+            ok = torch.cat([ok, ok.new_zeros(B, T, H, pad)], 3)
+        return ek, ev, ok
 
     def _gated_values(self, vs, gate, state, t0, k_start):
         """Values as stored in memory: scaled by sigmoid(gate) when the selection gate is on.  The gate

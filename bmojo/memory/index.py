@@ -16,6 +16,8 @@ except ImportError:  # the `ann` extra
     faiss = None
 
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 64, 96
+BLOCK = 64  # exact search takes the top-k of the best k blocks of BLOCK entries (each block's max) first
+FAR = 1 << 62  # the position of an unused slot: never visible
 
 
 def ann_available() -> bool:
@@ -23,15 +25,18 @@ def ann_available() -> bool:
 
 
 class LayerIndex:
-    """Keys (Hk, n, Dh), positions (n,) and entry ids (n,) of one sequence in one layer, in RAM."""
+    """Keys, positions (n,) and entry ids (n,) of one sequence in one layer, in RAM.  Keys are kept as
+    (Hk, Dh, capacity), so q . K for every entry is one matrix product over contiguous rows."""
 
     def __init__(self, kv_heads: int, head_dim: int, cfg):
         self.kv_heads, self.head_dim, self.cfg = kv_heads, head_dim, cfg
         self.n = 0
         self.min_pos = None  # the oldest stored position: nothing is visible to a query before min_pos + W
-        self.keys = torch.empty(kv_heads, 0, head_dim)
+        self.keys = torch.empty(kv_heads, head_dim, 0)
         self.pos = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
+        self.seen = torch.empty(0, dtype=torch.long)  # running max of pos: entries [0, j) are all visible to a
+        # query whose limit is >= seen[j-1], so only a short recent suffix needs a visibility mask
         self.ann = None  # one faiss index per kv head, once built
         if cfg.search == "ann" and faiss is None:
             from bmojo.memory.store import StoreError
@@ -44,14 +49,17 @@ class LayerIndex:
         if m == 0:
             return
         need = self.n + m
-        if need > self.keys.shape[1]:  # grow geometrically
-            cap = max(need, 2 * self.keys.shape[1], 256)
-            keys = torch.empty(self.kv_heads, cap, self.head_dim)
-            pos_, ids_ = torch.empty(cap, dtype=torch.long), torch.empty(cap, dtype=torch.long)
-            keys[:, :self.n], pos_[:self.n], ids_[:self.n] = self.keys[:, :self.n], self.pos[:self.n], self.ids[:self.n]
-            self.keys, self.pos, self.ids = keys, pos_, ids_
-        self.keys[:, self.n:need] = k.transpose(0, 1)
+        if need > self.keys.shape[2]:  # grow geometrically, in whole blocks
+            cap = -(-max(need, 2 * self.keys.shape[2], 256) // BLOCK) * BLOCK
+            keys = torch.zeros(self.kv_heads, self.head_dim, cap)
+            keys[..., :self.n] = self.keys[..., :self.n]
+            self.keys = keys
+            self.pos = torch.cat([self.pos[:self.n], self.pos.new_full((cap - self.n,), FAR)])
+            self.ids, self.seen = (torch.cat([t[:self.n], t.new_empty(cap - self.n)]) for t in (self.ids, self.seen))
+        self.keys[..., self.n:need] = k.permute(1, 2, 0)
         self.pos[self.n:need], self.ids[self.n:need] = pos, ids
+        seen = pos.cummax(0).values
+        self.seen[self.n:need] = seen.clamp(min=int(self.seen[self.n - 1])) if self.n else seen
         self.n = need
         low = int(pos.min())
         self.min_pos = low if self.min_pos is None else min(self.min_pos, low)
@@ -69,11 +77,11 @@ class LayerIndex:
         for g in range(self.kv_heads):
             ix = faiss.IndexHNSWFlat(self.head_dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction, ix.hnsw.efSearch = EF_CONSTRUCTION, EF_SEARCH
-            ix.add(self.keys[g, :self.n].contiguous().numpy())
+            ix.add(self.keys[g, :, :self.n].T.contiguous().numpy())
             self.ann.append(ix)
 
     def nbytes(self) -> int:
-        n = self.keys.numel() * 4 + self.pos.numel() * 8 + self.ids.numel() * 8
+        n = self.keys.numel() * 4 + (self.pos.numel() + self.ids.numel() + self.seen.numel()) * 8
         if self.ann is not None:  # vectors + about 2*M links of 4 bytes per entry
             n += sum(ix.ntotal * (self.head_dim * 4 + 2 * HNSW_M * 4) for ix in self.ann)
         return n
@@ -89,23 +97,31 @@ class LayerIndex:
         if self.ann is not None and not exact:
             return self._search_ann(qf, limit, k)
         out_s, out_i = [], []
-        keys_t = self.keys[:, :self.n].transpose(1, 2)  # (Hk, Dh, n): a strided view, no copy
-        step = max(1, (1 << 22) // max(1, self.n * H))  # bound the (rows, H, n) score block to ~16 MB
+        nb = -(-self.n // BLOCK) * BLOCK  # whole blocks: the unused slots after n are never visible (FAR)
+        keys_t = self.keys[..., :nb]  # (Hk, Dh, nb)
+        step = max(1, (1 << 22) // max(1, nb * H))  # bound the (rows, H, nb) score block to ~16 MB
         for a in range(0, n, step):
             qa = qf[a:a + step]  # (r, Hk, G, Dh)
             r = qa.shape[0]
-            s = torch.bmm(qa.permute(1, 0, 2, 3).reshape(self.kv_heads, r * G, Dh), keys_t)  # (Hk, r*G, n)
-            s = s.view(self.kv_heads, r, G, self.n).transpose(0, 1)  # (r, Hk, G, n)
-            s = s.masked_fill(self.pos[:self.n] > limit[a:a + step], float("-inf"))
-            top = s.topk(min(k, self.n), dim=-1)
-            out_s.append(top.values)
-            out_i.append(top.indices)
+            s = torch.bmm(qa.permute(1, 0, 2, 3).reshape(self.kv_heads, r * G, Dh), keys_t)  # (Hk, r*G, nb)
+            s = s.view(self.kv_heads, r, G, nb).transpose(0, 1)  # (r, Hk, G, nb)
+            lim = limit[a:a + step]
+            v = self.visible_prefix(int(lim.min()))
+            if v < nb:  # the entries after the all-visible prefix: mask those a query cannot see yet
+                s[..., v:] = s[..., v:].masked_fill(self.pos[v:nb] > lim, float("-inf"))
+            values, indices = _topk(s, min(k, self.n))
+            out_s.append(values)
+            out_i.append(indices)
         return self._gather(torch.cat(out_s), torch.cat(out_i), k)
+
+    def visible_prefix(self, limit: int) -> int:
+        """How many of the first entries (in the order added) are all at positions <= limit."""
+        return int(torch.searchsorted(self.seen[:self.n], limit, right=True))
 
     def _search_ann(self, qf, limit, k):
         n, Hk, G, Dh = qf.shape
         # entries not yet visible to the earliest query may fill candidate slots: ask for that many more
-        extra = int((self.pos[:self.n] > int(limit.min())).sum())
+        extra = self.n - self.visible_prefix(int(limit.min()))
         kk = min(self.n, k + extra)
         cand = torch.empty(n, Hk, G, kk, dtype=torch.long)
         for g, ix in enumerate(self.ann):
@@ -113,7 +129,7 @@ class LayerIndex:
             cand[:, g] = torch.from_numpy(I).view(n, G, kk)
         valid = cand >= 0
         cand = cand.clamp(min=0)
-        ck = self.keys[torch.arange(Hk)[None, :, None, None], cand]  # (n, Hk, G, kk, Dh)
+        ck = self.keys.transpose(1, 2)[torch.arange(Hk)[None, :, None, None], cand]  # (n, Hk, G, kk, Dh)
         s = torch.einsum("qkgd,qkgcd->qkgc", qf, ck)
         s = s.masked_fill(~valid | (self.pos[cand] > limit), float("-inf"))
         top = s.topk(min(k, kk), dim=-1)
@@ -123,7 +139,7 @@ class LayerIndex:
         """scores, local (n, Hk, G, k') -> padded (ids, keys, logits) of (n, H, k[, Dh])."""
         n, Hk, G, kk = scores.shape
         ok = scores > float("-inf")
-        keys = self.keys[torch.arange(Hk)[None, :, None, None], local.clamp(min=0)]  # (n, Hk, G, k', Dh)
+        keys = self.keys.transpose(1, 2)[torch.arange(Hk)[None, :, None, None], local.clamp(min=0)]  # (n,Hk,G,k',Dh)
         ids = torch.where(ok, self.ids[local.clamp(min=0)], torch.full_like(local, -1))
         if kk < k:  # fewer entries than k: pad
             pad = k - kk
@@ -132,3 +148,17 @@ class LayerIndex:
             keys = torch.cat([keys, keys.new_zeros(n, Hk, G, pad, self.head_dim)], -2)
         H = Hk * G
         return ids.view(n, H, k), keys.view(n, H, k, self.head_dim), scores.view(n, H, k)
+
+
+def _topk(s: torch.Tensor, k: int):
+    """Top-k along the last axis of s (..., nb), nb a multiple of BLOCK: the k blocks with the highest maximum
+    hold every one of the top k (each of those is >= the k-th best, so at most k blocks reach it), so the
+    top-k of those k * BLOCK candidates is exact, and much cheaper than sorting a long row."""
+    nb = s.shape[-1]
+    if nb < 4 * k * BLOCK:  # short rows: one sort is as cheap
+        return s.topk(k, dim=-1)
+    lead = s.shape[:-1]
+    blocks = s.view(*lead, nb // BLOCK, BLOCK).amax(-1).topk(k, dim=-1).indices  # (..., k)
+    cand = (blocks[..., None] * BLOCK + torch.arange(BLOCK)).flatten(-2)  # (..., k * BLOCK)
+    top = s.gather(-1, cand).topk(k, dim=-1)
+    return top.values, cand.gather(-1, top.indices)

@@ -51,7 +51,8 @@ class StoreConfig:
     """How a store is searched and written (not saved with the store: each run may choose)."""
 
     topk: int = 16  # entries retrieved per query and head
-    search: str = "auto"  # exact | ann | auto (ann above ann_threshold entries, when faiss is installed)
+    search: str = "exact"  # exact | ann | auto (ann above ann_threshold entries, when faiss is installed); exact
+    # by default: on a trained model's own keys HNSW misses the rare entries that matter (store_recall.py --model)
     ann_threshold: int = 32768
     durable: bool = False  # fsync every write (survives power loss, not just a killed process)
 
@@ -161,16 +162,17 @@ class LayerStore:
             written, tail = self.written, list(self.tail.items())
         on_disk = flat < written
         if on_disk.any():
-            out[on_disk] = self._memmap(written)["v"][flat[on_disk], hd[on_disk]]
+            out[on_disk] = self._values_on_disk(written)[flat[on_disk], hd[on_disk]]
         for first, recs in tail:
             sel = (flat >= first) & (flat < first + len(recs))
             if sel.any():
                 out[sel] = recs["v"][flat[sel] - first, hd[sel]]
         return torch.from_numpy(out).view(*ids.shape, self.head_dim)
 
-    def _memmap(self, n: int):
+    def _values_on_disk(self, n: int):
+        """The value field of the first n (at least) records, memory-mapped; remapped as the file grows."""
         if self._mm is None or self._mm_n < n:
-            self._mm, self._mm_n = np.memmap(self.path, dtype=self.rec, mode="r", shape=(n,)), n
+            self._mm, self._mm_n = np.memmap(self.path, dtype=self.rec, mode="r", shape=(n,))["v"], n
         return self._mm
 
     def nbytes_index(self) -> int:

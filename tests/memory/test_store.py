@@ -73,6 +73,45 @@ def test_parallel_equals_prefill_then_decode_with_store(tmp_path):
         assert (full - m(ids).logits).abs().max() > 1e-4, "the store changed nothing"
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1, selection_gate=True), dict(memory_size=2, chunk=2)])
+def test_training_store_equals_a_fresh_exact_store(tmp_path, kw):
+    """`train_store_topk`: a training forward builds its store from its own evictions.  It must equal the eval
+    forward and the prefill + decode path reading a real, fresh, exact store; and gradients reach the keys and
+    values that were retrieved."""
+    m = _model(train_store_topk=5, **kw)
+    ids = _ids(2, 61)
+    m.train()
+    own = m(ids).logits
+    m.eval()
+    with Store.for_model(tmp_path / "a", m, rows=2, cfg=StoreConfig(topk=5, search="exact")) as sa, \
+            Store.for_model(tmp_path / "b", m, rows=2, cfg=StoreConfig(topk=5, search="exact")) as sb:
+        real = m(ids, m.init_state(2, store=sa), return_state=True).logits
+        st = m.init_state(2, store=sb)
+        steps = []
+        for t in range(61):
+            lg, st = m.step(ids[:, t], st)
+            steps.append(lg[:, None])
+    assert_close(own, real, rtol=1e-5, name="training store vs a fresh exact store (parallel)")
+    assert_close(own, torch.cat(steps, 1), rtol=1e-4, name="training store vs decode with a store")
+    assert (own - m(ids).logits).abs().max() > 1e-4, "the training store changed nothing"
+    m.train()
+    m(ids).logits[:, -1].sum().backward()
+    k_proj = [mod.k_proj.weight.grad for mod in m.modules() if isinstance(mod, BMojoMixer)]
+    assert all(g is not None and g.abs().sum() > 0 for g in k_proj)
+
+
+def test_training_store_is_only_for_training_forwards_from_the_start():
+    """Eval forwards and forwards that continue a state read no store unless one is attached."""
+    m = _model(train_store_topk=5)
+    plain = _model()
+    ids = _ids(1, 50)
+    assert torch.equal(m(ids).logits, plain(ids).logits)
+    m.train(); plain.train()
+    out = m(ids[:, :20], m.init_state(1), return_state=True)
+    assert torch.equal(m(ids[:, 20:], out.state).logits,
+                       plain(ids[:, 20:], plain(ids[:, :20], plain.init_state(1), return_state=True).state).logits)
+
+
 def test_causal_with_store(tmp_path):
     m = _model()
     ids = _ids(1, 50)

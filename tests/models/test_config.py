@@ -20,6 +20,7 @@ from tests.helpers import tiny
     pytest.param("ssm_kind", "s4", r"ssm_kind='s4'.*mamba1", id="ssm-kind"),
     pytest.param("n_kv_heads", 3, r"n_kv_heads=3", id="kv-heads"),
     pytest.param("memory_decay", 0.0, r"memory_decay=0.0", id="decay"),
+    pytest.param("train_store_topk", -2, r"train_store_topk=-2.*>= 0", id="train-store-topk"),
     pytest.param("impl", "cuda", r"impl='cuda'.*ref", id="impl"),
     pytest.param("score_layers", (5,), r"score_layers=\(5,\)", id="score-layers"),
 ])
