@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import sys
@@ -40,6 +39,7 @@ from bmojo.data.synthetic import PasskeyConfig, batch_stream, make_task, passkey
 from bmojo.memory import Store, StoreConfig
 from bmojo.train import TrainConfig, train
 from bmojo.train.checkpoint import load_checkpoint, save_checkpoint
+from bmojo.utils.runtime import machine
 
 OUT = Path("benchmarks/results/passkey_storage")
 MODEL = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, window=32, chunk=32, ssm_head_dim=16, pattern="B")
@@ -54,10 +54,8 @@ def cmd_train(args) -> int:
     model = BMojoLM(cfg)
     before = {"steps": 0, "train_seconds": 0.0}
     if args.init:  # continue from an earlier run's weights (a new optimizer and schedule), with --model-opts
-        old, before = load_checkpoint(args.init)
-        cfg = ModelConfig.from_dict({**old.cfg.to_dict(), **json.loads(args.model_opts)})
-        model = BMojoLM(cfg)
-        model.load_state_dict(old.state_dict())
+        model, before = load_checkpoint(args.init, overrides=json.loads(args.model_opts))
+        cfg = model.cfg
     dev = torch.device(args.device)
     model.to(dev)
     stream = batch_stream(gen, 32, before["steps"])
@@ -72,7 +70,7 @@ def cmd_train(args) -> int:
             "acc": res.eval["acc"], "train_seconds": before["train_seconds"] + time.perf_counter() - t,
             "params": model.num_params(), "stages": before.get("stages", []) + [
                 {"steps": res.steps, "lr": args.lr, "acc": res.eval["acc"], "init": args.init, "seq_len": args.seq_len,
-                 "model_opts": json.loads(args.model_opts), "device": device_name(dev),
+                 "model_opts": json.loads(args.model_opts), "device": str(dev), "machine": machine(),
                  "seconds": time.perf_counter() - t}]}
     save_checkpoint(args.checkpoint, model, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "model"}))
@@ -116,11 +114,8 @@ def decode_ms(model, states, steps, block=32):
 
 def cmd_eval(args) -> int:
     torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(args.checkpoint)
-    if args.model_opts != "{}":  # inference-time settings (e.g. a smaller memory_size, a memory_decay < 1)
-        trained = model
-        model = BMojoLM(ModelConfig.from_dict({**trained.cfg.to_dict(), **json.loads(args.model_opts)}))
-        model.load_state_dict(trained.state_dict())
+    # --model-opts: inference-time settings (e.g. a smaller memory_size, a memory_decay < 1)
+    model, meta = load_checkpoint(args.checkpoint, overrides=json.loads(args.model_opts))
     model.eval()
     lengths = [int(x) for x in args.lengths.split(",")]
     samples = [int(x) for x in args.samples.split(",")]
@@ -172,18 +167,11 @@ def cmd_eval(args) -> int:
            "memory_size": model.cfg.memory_size, "memory_decay": model.cfg.memory_decay,
            "model_opts": json.loads(args.model_opts), "window": model.cfg.window, "store": vars(scfg),
            "state_bytes": model.state_bytes(1), "segment": args.segment, "threads": args.threads,
-           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-                      f"torch {torch.__version__}", "summary": summary, "rows": rows}
+           "machine": machine(), "summary": summary, "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.label}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)"
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torch
 
 from bmojo.memory import StoreConfig
 from bmojo.memory.index import EF_SEARCH, HNSW_M, LayerIndex, ann_available
+from bmojo.utils.runtime import machine
 
 
 def main() -> int:
@@ -52,9 +52,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, faiss {faiss.__version__}"
+    where = {**machine(), "faiss": faiss.__version__}
     if args.model:
-        return model_keys(args, machine)
+        return model_keys(args, where)
     g = torch.Generator().manual_seed(0)
     rows = []
     for N in (int(x) for x in args.sizes.split(",")):
@@ -82,7 +82,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     res = {"hnsw": {"M": HNSW_M, "efSearch": EF_SEARCH}, "threads": args.threads,
-           "machine": machine, "rows": rows}
+           "machine": where, "rows": rows}
     write(args.out or "benchmarks/results/store_recall.json", res)
     return 0
 
@@ -93,17 +93,12 @@ def write(path, res) -> None:
 
 
 @torch.no_grad()
-def model_keys(args, machine) -> int:
+def model_keys(args, where) -> int:
     from bmojo.data.synthetic import PasskeyConfig, passkey
     from bmojo.memory import Store
     from bmojo.train.checkpoint import load_checkpoint
 
-    from bmojo import BMojoLM
-    from bmojo.config import ModelConfig
-
-    trained, _ = load_checkpoint(args.model)
-    model = BMojoLM(ModelConfig.from_dict({**trained.cfg.to_dict(), **json.loads(args.model_opts)}))
-    model.load_state_dict(trained.state_dict())
+    model, _ = load_checkpoint(args.model, overrides=json.loads(args.model_opts))
     model.eval()
     L = args.length
     x, y = passkey(PasskeyConfig(vocab_size=model.cfg.vocab_size, seq_len=L, digits=4, depth=0.35), 1,
@@ -152,7 +147,7 @@ def model_keys(args, machine) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     write(args.out or "benchmarks/results/store_recall_model.json",
           {"model": args.model, "model_opts": json.loads(args.model_opts), "length": L, "needle_at": start, "hnsw": {"M": HNSW_M, "efSearch": EF_SEARCH},
-           "threads": args.threads, "machine": machine, "rows": rows})
+           "threads": args.threads, "machine": where, "rows": rows})
     return 0
 
 

@@ -108,7 +108,7 @@ class LayerIndex:
             lim = limit[a:a + step]
             v = self.visible_prefix(int(lim.min()))
             if v < nb:  # the entries after the all-visible prefix: mask those a query cannot see yet
-                s[..., v:] = s[..., v:].masked_fill(self.pos[v:nb] > lim, float("-inf"))
+                s[..., v:].masked_fill_(self.pos[v:nb] > lim, float("-inf"))
             values, indices = _topk(s, min(k, self.n))
             out_s.append(values)
             out_i.append(indices)

@@ -91,13 +91,14 @@ def read_meta(path: str | Path) -> dict:
     return info
 
 
-def load_checkpoint(path: str | Path, device="cpu"):
-    """-> (model, meta).  Builds the model from the stored config and loads its weights."""
+def load_checkpoint(path: str | Path, device="cpu", overrides: dict | None = None):
+    """-> (model, meta).  Builds the model from the stored config (with `overrides`: ModelConfig fields that keep
+    the weights' shapes, e.g. memory_size or memory_decay at inference) and loads its weights."""
     from bmojo.models.lm import BMojoLM
 
     info = read_meta(path)
     path = Path(info["_path"])
-    cfg = ModelConfig.from_dict(info["model"])
+    cfg = ModelConfig.from_dict({**info["model"], **(overrides or {})})
     model = BMojoLM(cfg).to(device)
     load_weights(model, path / "model.safetensors")
     return model, info
