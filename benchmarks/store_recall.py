@@ -130,7 +130,7 @@ def model_keys(args, where) -> int:
                 q, qpos = (torch.cat(t) for t in zip(*asked[i]))
                 an = LayerIndex(ix.kv_heads, ix.head_dim, StoreConfig(search="ann", ann_threshold=0))
                 t = time.perf_counter()
-                an.add(ix.keys[..., :ix.n].permute(2, 0, 1), ix.pos[:ix.n], ix.ids[:ix.n])
+                an.add(ix.keys[:, :ix.n].transpose(0, 1), ix.pos[:ix.n], ix.ids[:ix.n])
                 build = time.perf_counter() - t
                 e, a = ix.search(q, qpos, model.cfg.window, args.k, exact=True)[0], an.search(q, qpos, model.cfg.window, args.k)[0]
                 found = (e[..., :, None] == a[..., None, :]).any(-1) & (e >= 0)

@@ -214,15 +214,22 @@ class BMojoMixer(Attention):
         (B, n, H, K)), read from the store as it stands."""
         K = store.store.cfg.topk
         B, n, H, Dh = q.shape
-        ek = q.new_zeros(B, n, H, K, Dh)
-        ev, evis = torch.zeros_like(ek), torch.zeros(B, n, H, K, dtype=torch.bool, device=q.device)
+        qc, last = q.detach().cpu(), int(qpos[-1]) - self.window
+        found = []
         for row in range(B):
             ix = store.index[row]
-            if ix.n == 0 or ix.min_pos > int(qpos[-1]) - self.window:
-                continue  # nothing visible yet
-            ids, keys, _ = ix.search(q[row].detach().cpu(), qpos.cpu(), self.window, K)
-            ek[row], evis[row] = keys.to(ek), (ids >= 0).to(q.device)
-            ev[row] = store.values(ids.clamp(min=0), (torch.arange(H) // (H // store.kv_heads))[:, None]).to(ev)
+            if ix.n == 0 or ix.min_pos > last:
+                found.append(None)  # nothing visible yet
+                continue
+            found.append(store.search(row, qc[row], qpos.cpu(), self.window, K))
+        if all(f is not None for f in found):  # the usual case: no zero padding
+            ek, ev, evis = (torch.stack(t) if B > 1 else t[0][None] for t in zip(*found))
+            return ek.to(q), ev.to(q), evis.to(q.device)
+        ek = q.new_zeros(B, n, H, K, Dh)
+        ev, evis = torch.zeros_like(ek), torch.zeros(B, n, H, K, dtype=torch.bool, device=q.device)
+        for row, f in enumerate(found):
+            if f is not None:
+                ek[row], ev[row], evis[row] = (t.to(q.device) for t in f)
         return ek, ev, evis
 
     def _store_read(self, store, q, t0, evictions, table_k, table_v):

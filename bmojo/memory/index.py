@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from bmojo.memory import kernel
+
 try:
     import faiss
 except ImportError:  # the `ann` extra
@@ -18,6 +20,7 @@ except ImportError:  # the `ann` extra
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 64, 96
 BLOCK = 64  # exact search takes the top-k of the best k blocks of BLOCK entries (each block's max) first
 FAR = 1 << 62  # the position of an unused slot: never visible
+FEW = 2  # searches of at most this many queries (decoding) go to the C kernel when it is available
 
 
 def ann_available() -> bool:
@@ -26,17 +29,21 @@ def ann_available() -> bool:
 
 class LayerIndex:
     """Keys, positions (n,) and entry ids (n,) of one sequence in one layer, in RAM.  Keys are kept as
-    (Hk, Dh, capacity), so q . K for every entry is one matrix product over contiguous rows."""
+    (Hk, capacity, Dh): q . K for every entry is one matrix product, and one entry's key is one cache line."""
 
     def __init__(self, kv_heads: int, head_dim: int, cfg):
         self.kv_heads, self.head_dim, self.cfg = kv_heads, head_dim, cfg
         self.n = 0
         self.min_pos = None  # the oldest stored position: nothing is visible to a query before min_pos + W
-        self.keys = torch.empty(kv_heads, head_dim, 0)
+        self.keys = torch.empty(kv_heads, 0, head_dim)
         self.pos = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
         self.seen = torch.empty(0, dtype=torch.long)  # running max of pos: entries [0, j) are all visible to a
         # query whose limit is >= seen[j-1], so only a short recent suffix needs a visibility mask
+        # for the C kernel (bmojo.memory.kernel): the keys as 8-bit codes (Hk, capacity / 8, Dh, 8) and their
+        # scales (Hk, capacity), k ~ scale * code; None without the kernel or once a key is not finite
+        self.code = torch.empty(kv_heads, 0, head_dim, 8, dtype=torch.int8) if kernel.available() else None
+        self.scale = torch.empty(kv_heads, 0)
         self.ann = None  # one faiss index per kv head, once built
         if cfg.search == "ann" and faiss is None:
             from bmojo.memory.store import StoreError
@@ -49,14 +56,28 @@ class LayerIndex:
         if m == 0:
             return
         need = self.n + m
-        if need > self.keys.shape[2]:  # grow geometrically, in whole blocks
-            cap = -(-max(need, 2 * self.keys.shape[2], 256) // BLOCK) * BLOCK
-            keys = torch.zeros(self.kv_heads, self.head_dim, cap)
-            keys[..., :self.n] = self.keys[..., :self.n]
+        if need > self.keys.shape[1]:  # grow geometrically, in whole blocks
+            cap = -(-max(need, 2 * self.keys.shape[1], 256) // BLOCK) * BLOCK
+            keys = torch.zeros(self.kv_heads, cap, self.head_dim)
+            keys[:, :self.n] = self.keys[:, :self.n]
             self.keys = keys
             self.pos = torch.cat([self.pos[:self.n], self.pos.new_full((cap - self.n,), FAR)])
             self.ids, self.seen = (torch.cat([t[:self.n], t.new_empty(cap - self.n)]) for t in (self.ids, self.seen))
-        self.keys[..., self.n:need] = k.permute(1, 2, 0)
+            if self.code is not None:
+                code = self.code.new_zeros(self.kv_heads, cap // 8, self.head_dim, 8)
+                code[:, :self.code.shape[1]] = self.code
+                self.code, self.scale = code, torch.cat([self.scale, self.scale.new_zeros(self.kv_heads,
+                                                                                           cap - self.scale.shape[1])], 1)
+        self.keys[:, self.n:need] = k.transpose(0, 1)
+        if self.code is not None:
+            if bool(k.isfinite().all()):
+                scale = k.abs().amax(-1) / 127  # (m, Hk)
+                code = torch.where(scale[..., None] > 0, k / scale[..., None], 0).round().clamp(-127, 127)
+                slot = torch.arange(self.n, need)
+                self.code[:, slot // 8, :, slot % 8] = code.to(torch.int8)  # (m, Hk, Dh) at (head, block, :, lane)
+                self.scale[:, self.n:need] = scale.T
+            else:
+                self.code = None
         self.pos[self.n:need], self.ids[self.n:need] = pos, ids
         seen = pos.cummax(0).values
         self.seen[self.n:need] = seen.clamp(min=int(self.seen[self.n - 1])) if self.n else seen
@@ -77,11 +98,13 @@ class LayerIndex:
         for g in range(self.kv_heads):
             ix = faiss.IndexHNSWFlat(self.head_dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction, ix.hnsw.efSearch = EF_CONSTRUCTION, EF_SEARCH
-            ix.add(self.keys[g, :, :self.n].T.contiguous().numpy())
+            ix.add(self.keys[g, :self.n].contiguous().numpy())
             self.ann.append(ix)
 
     def nbytes(self) -> int:
         n = self.keys.numel() * 4 + (self.pos.numel() + self.ids.numel() + self.seen.numel()) * 8
+        if self.code is not None:
+            n += self.code.numel() + self.scale.numel() * 4
         if self.ann is not None:  # vectors + about 2*M links of 4 bytes per entry
             n += sum(ix.ntotal * (self.head_dim * 4 + 2 * HNSW_M * 4) for ix in self.ann)
         return n
@@ -96,9 +119,11 @@ class LayerIndex:
         limit = (qpos - window)[:, None, None, None]  # visible: pos <= limit
         if self.ann is not None and not exact:
             return self._search_ann(qf, limit, k)
+        if self.searches_in_c(n):
+            return kernel.search(q.float().contiguous(), (qpos - window).tolist(), self, k)[:3]
         out_s, out_i = [], []
         nb = -(-self.n // BLOCK) * BLOCK  # whole blocks: the unused slots after n are never visible (FAR)
-        keys_t = self.keys[..., :nb]  # (Hk, Dh, nb)
+        keys_t = self.keys[:, :nb].transpose(1, 2)  # (Hk, Dh, nb), a transposed view (BLAS reads it as is)
         step = max(1, (1 << 22) // max(1, nb * H))  # bound the (rows, H, nb) score block to ~16 MB
         for a in range(0, n, step):
             qa = qf[a:a + step]  # (r, Hk, G, Dh)
@@ -113,6 +138,10 @@ class LayerIndex:
             out_s.append(values)
             out_i.append(indices)
         return self._gather(torch.cat(out_s), torch.cat(out_i), k)
+
+    def searches_in_c(self, n: int) -> bool:
+        """Whether an exact search for n queries runs the C kernel (decoding, once it is built)."""
+        return self.code is not None and self.ann is None and n <= FEW
 
     def visible_prefix(self, limit: int) -> int:
         """How many of the first entries (in the order added) are all at positions <= limit."""
@@ -129,7 +158,7 @@ class LayerIndex:
             cand[:, g] = torch.from_numpy(I).view(n, G, kk)
         valid = cand >= 0
         cand = cand.clamp(min=0)
-        ck = self.keys.transpose(1, 2)[torch.arange(Hk)[None, :, None, None], cand]  # (n, Hk, G, kk, Dh)
+        ck = self.keys[torch.arange(Hk)[None, :, None, None], cand]  # (n, Hk, G, kk, Dh)
         s = torch.einsum("qkgd,qkgcd->qkgc", qf, ck)
         s = s.masked_fill(~valid | (self.pos[cand] > limit), float("-inf"))
         top = s.topk(min(k, kk), dim=-1)
@@ -139,7 +168,7 @@ class LayerIndex:
         """scores, local (n, Hk, G, k') -> padded (ids, keys, logits) of (n, H, k[, Dh])."""
         n, Hk, G, kk = scores.shape
         ok = scores > float("-inf")
-        keys = self.keys.transpose(1, 2)[torch.arange(Hk)[None, :, None, None], local.clamp(min=0)]  # (n,Hk,G,k',Dh)
+        keys = self.keys[torch.arange(Hk)[None, :, None, None], local.clamp(min=0)]  # (n,Hk,G,k',Dh)
         ids = torch.where(ok, self.ids[local.clamp(min=0)], torch.full_like(local, -1))
         if kk < k:  # fewer entries than k: pad
             pad = k - kk

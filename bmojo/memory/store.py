@@ -19,7 +19,9 @@ Opening a store after a crash truncates each layer to its last commit and report
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from bmojo.config import ConfigError
+from bmojo.memory import kernel
 from bmojo.memory.index import LayerIndex
 from bmojo.utils.jsonfile import read_json
 
@@ -112,6 +115,74 @@ class _Writer(threading.Thread):
                 self.jobs.task_done()
 
 
+class _FileMap:
+    """The records of a growing append-only file, read through one read-only shared map reserved beyond the
+    file's end: records are readable as soon as they are written, and the map (whose pages fault in once) is
+    remade only when the file outgrows the reservation.  Remaking a map at every write, as np.memmap would,
+    faults every page read again and made each decode step's value reads ten times slower.  Where libc's mmap is
+    not reachable (not a POSIX system), np.memmap of the current length is used instead."""
+
+    RESERVE = 256 << 20  # the first reservation, in bytes of address space (not RAM); then twice what is needed
+
+    def __init__(self, path: Path, rec: np.dtype):
+        self.path, self.rec = path, rec
+        self.addr, self.length, self.fd, self.view = None, 0, None, None
+
+    def records(self, n: int) -> np.ndarray:
+        """A read-only array of at least the first n records (all of them in the file)."""
+        if self.view is not None and len(self.view) >= n:
+            return self.view
+        libc = _libc()
+        if libc is None:
+            self.view = np.asarray(np.memmap(self.path, dtype=self.rec, mode="r", shape=(n,)))
+            return self.view
+        self.close()
+        length = -(-max(2 * n * self.rec.itemsize, self.RESERVE) // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.fd = os.open(self.path, os.O_RDONLY)
+        addr = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, self.fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            os.close(self.fd)
+            self.fd = None
+            raise OSError(ctypes.get_errno(), f"{self.path}: mmap of {length} bytes failed")
+        self.addr, self.length = addr, length
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * length).from_address(addr))
+        self.view = raw[:length // self.rec.itemsize * self.rec.itemsize].view(self.rec)
+        self.view.flags.writeable = False
+        return self.view
+
+    def address(self, n: int) -> int:
+        """The address of record 0 in a map that holds (at least) the first n records."""
+        view = self.records(n)
+        return self.addr if self.addr is not None else view.ctypes.data
+
+    def close(self) -> None:
+        self.view = None
+        if self.addr is not None:
+            _libc().munmap(self.addr, self.length)
+            self.addr = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+_LIBC: list = []
+
+
+def _libc():
+    """libc with mmap/munmap typed, or None where there is none (Windows)."""
+    if not _LIBC:
+        try:
+            lib = ctypes.CDLL(None, use_errno=True)
+            lib.mmap.restype = ctypes.c_void_p
+            lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_int64]
+            lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            _LIBC.append(lib if hasattr(mmap, "MAP_SHARED") else None)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
 class LayerStore:
     """One layer's entries: the file, the in-RAM search index per row, and the tail not yet on disk."""
 
@@ -123,7 +194,7 @@ class LayerStore:
         self.written = committed  # entries whose commit is on disk
         self.tail: dict[int, np.ndarray] = {}  # first entry id -> records queued, not yet written
         self.lock = threading.Lock()
-        self._mm, self._mm_n = None, 0
+        self.map = _FileMap(self.path, self.rec)  # the written records, for reading values back
         self.index = [LayerIndex(kv_heads, head_dim, store.cfg) for _ in range(store.rows)]
         if committed:
             recs = np.fromfile(self.path, dtype=self.rec, count=committed)
@@ -153,27 +224,45 @@ class LayerStore:
                             torch.arange(first, first + n))
         self.store._queue(self, first, recs)
 
-    def values(self, ids: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """ids (...) entry ids and heads (...) their kv heads -> values (..., Dh) float32, read from the file or
-        from the queued tail."""
-        flat, hd = ids.reshape(-1).numpy(), heads.expand_as(ids).reshape(-1).numpy()
-        out = np.empty((flat.shape[0], self.head_dim), dtype=np.float32)
+    def search(self, row: int, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int):
+        """Sequence `row`'s retrieval for q (n, H, Dh) at positions qpos (n,): the top-k visible entries per head
+        (see LayerIndex.search) -> (keys, values (n, H, k, Dh) float32, found (n, H, k) bool)."""
+        ix = self.index[row]
+        if not (self.store.dtype == "float32" and ix.searches_in_c(q.shape[0])):
+            ids, keys, _ = ix.search(q, qpos, window, k)
+            return keys, self.values(ids), ids >= 0
+        written = self.written  # the C search reads the values of records on disk from the file's map
+        base = self.map.address(written) if written else None
+        ids, keys, _, vals, late = kernel.search(q.float().contiguous(), (qpos - window).tolist(), ix, k,
+                                                 (base, self.rec.itemsize, self.rec.fields["v"][1], written))
+        if late:  # written to the file after `written` was read: from the queued tail
+            vals = torch.where((ids >= written)[..., None], self.values(ids), vals)
+        return keys, vals, ids >= 0
+
+    def values(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (..., H, K) entry ids retrieved for H query heads (-1: none) -> their values (..., H, K, Dh)
+        float32 (query head h reads kv head h // (H / kv_heads)), from the file or from the queued tail."""
+        H = ids.shape[-2]
+        flat = ids.clamp(min=0).numpy()
+        heads = np.broadcast_to((np.arange(H) // (H // self.kv_heads))[:, None], flat.shape)
+        written = self.written
+        if flat.max(initial=0) < written:  # the usual case: all on disk
+            return torch.from_numpy(self._values_on_disk(written)[flat, heads])
         with self.lock:
             written, tail = self.written, list(self.tail.items())
+        out = np.empty((*flat.shape, self.head_dim), dtype=np.float32)
         on_disk = flat < written
         if on_disk.any():
-            out[on_disk] = self._values_on_disk(written)[flat[on_disk], hd[on_disk]]
+            out[on_disk] = self._values_on_disk(written)[flat[on_disk], heads[on_disk]]
         for first, recs in tail:
             sel = (flat >= first) & (flat < first + len(recs))
             if sel.any():
-                out[sel] = recs["v"][flat[sel] - first, hd[sel]]
-        return torch.from_numpy(out).view(*ids.shape, self.head_dim)
+                out[sel] = recs["v"][flat[sel] - first, heads[sel]]
+        return torch.from_numpy(out)
 
     def _values_on_disk(self, n: int):
-        """The value field of the first n (at least) records, memory-mapped; remapped as the file grows."""
-        if self._mm is None or self._mm_n < n:
-            self._mm, self._mm_n = np.memmap(self.path, dtype=self.rec, mode="r", shape=(n,))["v"], n
-        return self._mm
+        """The value field of (at least) the first n records, from the file's map."""
+        return self.map.records(n)["v"]
 
     def nbytes_index(self) -> int:
         return sum(ix.nbytes() for ix in self.index)
@@ -269,6 +358,8 @@ class Store:
             self._writer.join()
         for f in (*self._files.values(), self._commits):
             f.close()
+        for ls in self.layers.values():
+            ls.map.close()
 
     def __enter__(self):
         return self
@@ -292,6 +383,7 @@ class Store:
                 f.truncate(n * ls.rec.itemsize)
             self._commit(i, n, 0)
             self._files[i] = open(ls.path, "ab")
+            ls.map.close()
             self.layers[i] = LayerStore(self, i, ls.kv_heads, ls.head_dim, n)
 
     # ---- size ---------------------------------------------------------------------------------------------

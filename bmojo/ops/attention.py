@@ -38,18 +38,18 @@ def attend(q, keys, values, visible, scale, extra=None):
     join the same softmax."""
     Bsz, H, Dh = q.shape
     Hk = keys.shape[2]
-    qg = q.view(Bsz, Hk, H // Hk, Dh)
-    s = torch.einsum("bkgd,bskd->bkgs", qg, keys) * scale
-    s = s.masked_fill(~visible[:, None, None, :], _neg(s.dtype))
     if extra is None:
+        s = torch.einsum("bkgd,bskd->bkgs", q.view(Bsz, Hk, H // Hk, Dh), keys) * scale
+        s = s.masked_fill(~visible[:, None, None, :], _neg(s.dtype))
         o = torch.einsum("bkgs,bskd->bkgd", s.softmax(-1), values)
         return o.reshape(Bsz, H, values.shape[-1])
-    ek, ev, evis = extra
-    se = (torch.einsum("bhd,bhkd->bhk", q, ek) * scale).masked_fill(~evis, _neg(s.dtype))
-    p = torch.cat([s.reshape(Bsz, H, -1), se], -1).softmax(-1)
-    S = keys.shape[1]
-    o = torch.einsum("bkgs,bskd->bkgd", p[..., :S].reshape(Bsz, Hk, H // Hk, S), values).reshape(Bsz, H, -1)
-    return o + torch.einsum("bhk,bhkd->bhd", p[..., S:], ev)
+    ek, ev, evis = extra  # per query head: join them as each head's own keys, one product per side
+    G = H // Hk
+    k_all = torch.cat([keys.transpose(1, 2).repeat_interleave(G, 1), ek], 2)  # (B, H, S + K, Dh)
+    v_all = torch.cat([values.transpose(1, 2).repeat_interleave(G, 1), ev], 2)
+    vis = torch.cat([visible[:, None].expand(Bsz, H, -1), evis], 2)
+    s = torch.matmul(k_all, q[..., None])[..., 0].mul_(scale).masked_fill_(~vis, _neg(q.dtype))
+    return torch.matmul(s.softmax(-1)[:, :, None], v_all)[:, :, 0]
 
 
 def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,

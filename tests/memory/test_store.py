@@ -168,8 +168,9 @@ def test_reopen_restores_the_index_and_values(tmp_path):
         after = s.layer(0).index[0].search(q, torch.full((4,), 200), 8, 5)
         for x, y in zip(before, after):
             assert torch.equal(x, y)
-        ids = torch.tensor([[3, 25]])
-        assert torch.equal(s.layer(0).values(ids, torch.tensor([[1, 0]])), torch.stack([v[3, 1], v[25, 0]])[None])
+        ids = torch.tensor([[[3, 25], [25, -1]]])  # (n=1, H=2 query heads reading kv heads 0 and 1, K=2)
+        want = torch.stack([torch.stack([v[3, 0], v[25, 0]]), torch.stack([v[25, 1], v[0, 1]])])[None]
+        assert torch.equal(s.layer(0).values(ids), want)  # -1 (no entry) reads entry 0: attention masks it
 
 
 def test_index_visibility_and_topk_against_brute_force():
