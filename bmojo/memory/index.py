@@ -5,6 +5,10 @@ among entries of its kv head that are visible, i.e. at positions <= i - W (older
 logits are the attention logits up to the scale, so the top-k are the entries attention would weigh most.
 The approximate index proposes candidates and the exact scores of those candidates decide, so the two agree
 whenever the index's candidates contain the exact top-k (measured as recall by benchmarks/store_recall.py).
+
+Exact search has two implementations that return the same entries: a PyTorch one (one matrix product per kv
+head, then the top-k of the best blocks), used for query blocks and as the reference, and a C one for decoding
+(bmojo.memory.kernel), which scans 8-bit codes of the keys with an error bound and re-scores the survivors.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ On disk, a store is one folder:
 Writes go to a background thread (`durable=True` fsyncs data before the commit and the commit itself), so the
 decoding loop never waits on the disk; the search index (bmojo.memory.index) is updated before `add` returns,
 so a chunk sees every entry evicted before it whether or not it has reached the disk yet.  Values are read back
-from the file (or from the not-yet-written tail kept in RAM): RAM holds the index (keys and positions) only.
+from the file (or from the not-yet-written tail kept in RAM): RAM holds the index (keys, their 8-bit codes
+and positions) only.
 Opening a store after a crash truncates each layer to its last commit and reports what was dropped.
 """
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The C store search (bmojo.memory.kernel): an 8-bit scan with an error bound, then an exact re-score.  It must
 return exactly what a brute-force float32 search returns, including where 8-bit codes cannot tell keys apart."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -126,17 +130,15 @@ def test_store_search_reads_values_from_the_file_and_the_queue(tmp_path):
             torch.testing.assert_close(keys[0], k[ids[0], head], rtol=0, atol=0)
 
 
-def test_the_kernel_can_be_switched_off(tmp_path):
+def test_the_kernel_can_be_switched_off():
     """BMOJO_STORE_KERNEL=0: no C search (the reason is given), and the index answers with PyTorch."""
-    import subprocess
-    import sys
     code = ("from bmojo.memory import kernel; from bmojo.memory.index import LayerIndex; "
             "from bmojo.memory.store import StoreConfig; import torch\n"
             "assert not kernel.available() and 'BMOJO_STORE_KERNEL' in kernel.error()\n"
             "ix = LayerIndex(1, 4, StoreConfig()); ix.add(torch.randn(9, 1, 4), torch.arange(9), torch.arange(9))\n"
             "assert ix.code is None and not ix.searches_in_c(1)\n"
             "print(int((ix.search(torch.randn(1, 1, 4), torch.tensor([20]), 4, 3)[0] >= 0).sum()))")
-    env = {**__import__("os").environ, "BMOJO_STORE_KERNEL": "0"}
+    env = {**os.environ, "BMOJO_STORE_KERNEL": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
