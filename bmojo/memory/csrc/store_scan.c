@@ -123,13 +123,21 @@ static int64_t best_exact(Sel *S, const float *qv, const float *k32h, int64_t Dh
     for (int64_t i = m / 2 - 1; i >= 0; i--) sift_down(S->cand, m, i);
     Cand *R = S->heap_c;
     while (m > 0 && (nr < k || S->cand[0].s >= R[k - 1].s)) {
-        Cand c = {dot_exact(qv, k32h + S->cand[0].j * Dh, Dh), S->cand[0].j};
-        S->cand[0] = S->cand[--m];
-        sift_down(S->cand, m, 0);
-        if (nr == k && !better(c, R[k - 1])) continue;
-        int64_t i = nr < k ? nr++ : k - 1; /* insert in order */
-        for (; i > 0 && better(c, R[i - 1]); i--) R[i] = R[i - 1];
-        R[i] = c;
+        Cand batch[8]; /* pop up to 8 at once and fetch their keys together: the reads overlap */
+        int nbat = 0;
+        while (nbat < 8 && m > 0 && (nr < k || S->cand[0].s >= R[k - 1].s)) {
+            batch[nbat] = S->cand[0];
+            _mm_prefetch((const char *)(k32h + batch[nbat++].j * Dh), _MM_HINT_T0);
+            S->cand[0] = S->cand[--m];
+            sift_down(S->cand, m, 0);
+        }
+        for (int b = 0; b < nbat; b++) {
+            Cand c = {dot_exact(qv, k32h + batch[b].j * Dh, Dh), batch[b].j};
+            if (nr == k && !better(c, R[k - 1])) continue;
+            int64_t i = nr < k ? nr++ : k - 1; /* insert in order */
+            for (; i > 0 && better(c, R[i - 1]); i--) R[i] = R[i - 1];
+            R[i] = c;
+        }
     }
     return nr;
 }
