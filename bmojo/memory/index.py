@@ -45,7 +45,8 @@ class LayerIndex:
         self.seen = torch.empty(0, dtype=torch.long)  # running max of pos: entries [0, j) are all visible to a
         # query whose limit is >= seen[j-1], so only a short recent suffix needs a visibility mask
         # for the C kernel (bmojo.memory.kernel): the keys as 8-bit codes (Hk, capacity / 8, Dh, 8) and their
-        # scales (Hk, capacity), k ~ scale * code; None without the kernel or once a key is not finite
+        # scales (Hk, capacity / 8), one per block of 8 entries, k ~ scale * code; None without the kernel or once
+        # a key is not finite
         self.code = torch.empty(kv_heads, 0, head_dim, 8, dtype=torch.int8) if kernel.available() else None
         self.scale = torch.empty(kv_heads, 0)
         self.ann = None  # one faiss index per kv head, once built
@@ -70,16 +71,12 @@ class LayerIndex:
             if self.code is not None:
                 code = self.code.new_zeros(self.kv_heads, cap // 8, self.head_dim, 8)
                 code[:, :self.code.shape[1]] = self.code
-                self.code, self.scale = code, torch.cat([self.scale, self.scale.new_zeros(self.kv_heads,
-                                                                                           cap - self.scale.shape[1])], 1)
+                self.code, self.scale = code, torch.cat([self.scale, self.scale.new_zeros(
+                    self.kv_heads, cap // 8 - self.scale.shape[1])], 1)
         self.keys[:, self.n:need] = k.transpose(0, 1)
         if self.code is not None:
             if bool(k.isfinite().all()):
-                scale = k.abs().amax(-1) / 127  # (m, Hk)
-                code = torch.where(scale[..., None] > 0, k / scale[..., None], 0).round().clamp(-127, 127)
-                slot = torch.arange(self.n, need)
-                self.code[:, slot // 8, :, slot % 8] = code.to(torch.int8)  # (m, Hk, Dh) at (head, block, :, lane)
-                self.scale[:, self.n:need] = scale.T
+                self._quantize(self.n // 8, -(-need // 8))
             else:
                 self.code = None
         self.pos[self.n:need], self.ids[self.n:need] = pos, ids
@@ -93,6 +90,15 @@ class LayerIndex:
                 ix.add(k[:, g].contiguous().numpy())
         elif self._wants_ann():
             self._build_ann()
+
+    def _quantize(self, b0: int, b1: int) -> None:
+        """8-bit codes of blocks b0 .. b1-1 (8 entries each) from the float32 keys; a block that gained entries is
+        coded again, its scale being the largest |k_d| of all its entries / 127 (unused slots are zero)."""
+        kb = self.keys[:, 8 * b0:8 * b1].reshape(self.kv_heads, b1 - b0, 8, self.head_dim)
+        scale = kb.abs().amax(dim=(2, 3)) / 127  # (Hk, blocks)
+        code = torch.where(scale[..., None, None] > 0, kb / scale[..., None, None], 0).round().clamp(-127, 127)
+        self.code[:, b0:b1] = code.transpose(2, 3).to(torch.int8)  # (Hk, blocks, Dh, 8)
+        self.scale[:, b0:b1] = scale
 
     def _wants_ann(self) -> bool:
         return faiss is not None and self.cfg.search in ("ann", "auto") and self.n >= self.cfg.ann_threshold

@@ -90,7 +90,7 @@ def test_c_search_is_exact_where_8_bit_codes_tie():
     ix = _index(keys, pos, ids)
     for q in (base, -base, torch.randn(Dh, generator=g), torch.eye(Dh)[3]):
         exact = keys[:copies, 0] @ q
-        step = float(ix.scale[0, :copies].min()) * float(q.abs().sum()) / 2  # the 8-bit error bound, at least
+        step = float(ix.scale[0, :copies // 8].min()) * float(q.abs().sum()) / 2  # the 8-bit error bound, at least
         if q is base:
             assert float(exact.max() - exact.min()) < step, "the copies' scores should be closer than the 8-bit bound"
         for k in (4, 16, 64):

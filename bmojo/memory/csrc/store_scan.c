@@ -4,7 +4,7 @@
    Layout (bmojo/memory/index.py, LayerIndex): n entries, capacity cap (a multiple of 8), Hk kv heads, Dh wide.
      k32    float32 (Hk, cap, Dh)       the keys, exact (one entry's key is contiguous: the re-score is cheap)
      code   int8    (Hk, cap/8, Dh, 8)  the keys as 8-bit codes, 8 entries side by side: k ~ scale * code
-     scale  float32 (Hk, cap)           per entry and kv head: max_d |k_d| / 127
+     scale  float32 (Hk, cap/8)         per kv head and block of 8 entries: the block's max |k_d| / 127
      pos, seen, ids  int64 (cap,)       position, running max of positions, entry id
    Query r (of nq) has H = Hk * G heads (head h reads kv head h / G) and sees the entries at positions <= limit[r];
    entries [0, v) are all visible, where v counts the leading entries with seen <= limit (seen is a running max),
@@ -173,7 +173,6 @@ static inline __attribute__((always_inline)) int scan_blocks(const float *q, con
         const int8_t *cb = code + b * Dh * 8;
         for (int64_t o = 0; o < NB * Dh * 8; o += 64) /* fetch ahead: the stream comes from memory, not cache */
             _mm_prefetch((const char *)(cb + PREFETCH + o), _MM_HINT_T0);
-        _mm_prefetch((const char *)(scale + b * 8 + PREFETCH / 4), _MM_HINT_T0);
         for (int64_t d = 0; d < Dh; d++) {
             for (int u = 0; u < NB; u++) {
                 if (u >= nu) break;
@@ -184,7 +183,7 @@ static inline __attribute__((always_inline)) int scan_blocks(const float *q, con
             }
         }
         for (int u = 0; u < nu; u++) {
-            __m256 sc = _mm256_loadu_ps(scale + (b + u) * 8);
+            __m256 sc = _mm256_set1_ps(scale[b + u]);
             for (int g = 0; g < G; g++)
                 if (offer_lanes(&S[g], acc[u * G + g], sc, _mm256_set1_ps(c1[g]), (b + u) * 8)) return -1;
         }
@@ -244,7 +243,7 @@ static int search_task(Job *J, int64_t r, int64_t kh, Sel *S) {
             S[g].nheap = S[g].ncand = 0;
             S[g].bound = -INFINITY;
         }
-        if (scan(qh, c1, gt, Dh, J->code + kh * cap * Dh, J->scale + kh * cap, nb, S)) return -1;
+        if (scan(qh, c1, gt, Dh, J->code + kh * cap * Dh, J->scale + kh * (cap / 8), nb, S)) return -1;
         for (int64_t j = nb * 8; j < n; j++) { /* the rest: exact scores, checked positions */
             if (J->pos[j] > J->limit[r]) continue;
             for (int g = 0; g < gt; g++) {
