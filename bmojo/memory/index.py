@@ -124,13 +124,13 @@ class LayerIndex:
         """q (n, H, Dh) float, qpos (n,) -> (ids (n, H, k) entry ids, -1 where there is none; keys (n, H, k, Dh);
         logits q.k (n, H, k), -inf where there is none)."""
         n, H, Dh = q.shape
+        if self.searches_in_c(n):
+            return self.search_c(q, qpos, window, k)[:3]
         G = H // self.kv_heads
         qf = q.float().view(n, self.kv_heads, G, Dh)
         limit = (qpos - window)[:, None, None, None]  # visible: pos <= limit
         if self.ann is not None and not exact:
             return self._search_ann(qf, limit, k)
-        if self.searches_in_c(n):
-            return kernel.search(q.float().contiguous(), (qpos - window).tolist(), self, k)[:3]
         out_s, out_i = [], []
         nb = -(-self.n // BLOCK) * BLOCK  # whole blocks: the unused slots after n are never visible (FAR)
         keys_t = self.keys[:, :nb].transpose(1, 2)  # (Hk, Dh, nb), a transposed view (BLAS reads it as is)
@@ -152,6 +152,11 @@ class LayerIndex:
     def searches_in_c(self, n: int) -> bool:
         """Whether an exact search for n queries runs the C kernel (decoding, once it is built)."""
         return self.code is not None and self.ann is None and n <= FEW
+
+    def search_c(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, values=None):
+        """The C search (see `search` and bmojo.memory.kernel.search, which also reads `values`) ->
+        (ids, keys, logits, values or None, how many found ids have no value read)."""
+        return kernel.search(q.float().contiguous(), (qpos - window).tolist(), self, k, values)
 
     def visible_prefix(self, limit: int) -> int:
         """How many of the first entries (in the order added) are all at positions <= limit."""

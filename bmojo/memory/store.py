@@ -21,6 +21,7 @@ Opening a store after a crash truncates each layer to its last commit and report
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -36,7 +37,6 @@ import numpy as np
 import torch
 
 from bmojo.config import ConfigError
-from bmojo.memory import kernel
 from bmojo.memory.index import LayerIndex
 from bmojo.utils.jsonfile import read_json
 
@@ -166,22 +166,20 @@ class _FileMap:
             self.fd = None
 
 
-_LIBC: list = []
-
-
+@functools.cache
 def _libc():
     """libc with mmap/munmap typed, or None where there is none (Windows)."""
-    if not _LIBC:
-        try:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.mmap.restype = ctypes.c_void_p
-            lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_int64]
-            lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            _LIBC.append(lib if hasattr(mmap, "MAP_SHARED") else None)
-        except (OSError, AttributeError):
-            _LIBC.append(None)
-    return _LIBC[0]
+    if not hasattr(mmap, "MAP_SHARED"):
+        return None
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int64]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        return lib
+    except (OSError, AttributeError):
+        return None
 
 
 class LayerStore:
@@ -234,8 +232,8 @@ class LayerStore:
             return keys, self.values(ids), ids >= 0
         written = self.written  # the C search reads the values of records on disk from the file's map
         base = self.map.address(written) if written else None
-        ids, keys, _, vals, late = kernel.search(q.float().contiguous(), (qpos - window).tolist(), ix, k,
-                                                 (base, self.rec.itemsize, self.rec.fields["v"][1], written))
+        ids, keys, _, vals, late = ix.search_c(q, qpos, window, k,
+                                               (base, self.rec.itemsize, self.rec.fields["v"][1], written))
         if late:  # written to the file after `written` was read: from the queued tail
             vals = torch.where((ids >= written)[..., None], self.values(ids), vals)
         return keys, vals, ids >= 0
