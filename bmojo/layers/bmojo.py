@@ -210,18 +210,20 @@ class BMojoMixer(Attention):
             store.add(row, lost.pos[row][real], k[row][real], v[row][real])
 
     def _store_search(self, store, q, qpos):
-        """q (B, n, H, Dh) at positions qpos (n,) -> per-query retrieved (keys, values (B, n, H, K, Dh), visible
-        (B, n, H, K)), read from the store as it stands."""
+        """q (B, n, H, Dh) at positions qpos (n,) (a tensor, or ints) -> per-query retrieved (keys, values (B, n, H,
+        K, Dh), visible (B, n, H, K)), read from the store as it stands."""
         K = store.store.cfg.topk
         B, n, H, Dh = q.shape
         qc, last = q.detach().cpu(), int(qpos[-1]) - self.window
+        if isinstance(qpos, torch.Tensor):
+            qpos = qpos.cpu()
         found = []
         for row in range(B):
             ix = store.index[row]
             if ix.n == 0 or ix.min_pos > last:
                 found.append(None)  # nothing visible yet
                 continue
-            found.append(store.search(row, qc[row], qpos.cpu(), self.window, K))
+            found.append(store.search(row, qc[row], qpos, self.window, K))
         if all(f is not None for f in found):  # the usual case: no zero padding
             ek, ev, evis = (torch.stack(t) if B > 1 else t[0][None] for t in zip(*found))
             return ek.to(q), ev.to(q), evis.to(q.device)
@@ -339,7 +341,7 @@ class BMojoMixer(Attention):
             keys.insert(0, mem.k); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
-                extra = tuple(t[:, 0] for t in self._store_search(state.store, q[:, None], torch.tensor([i])))
+                extra = tuple(t[:, 0] for t in self._store_search(state.store, q[:, None], (i,)))
         o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale, extra)
         y = self.o_proj(o.reshape(B, -1))
         if self.ssm_residual:

@@ -44,11 +44,14 @@ class LayerIndex:
         self.ids = torch.empty(0, dtype=torch.long)
         self.seen = torch.empty(0, dtype=torch.long)  # running max of pos: entries [0, j) are all visible to a
         # query whose limit is >= seen[j-1], so only a short recent suffix needs a visibility mask
-        # for the C kernel (bmojo.memory.kernel): the keys as 8-bit codes (Hk, capacity / 8, Dh, 8) and their
-        # scales (Hk, capacity / 8), one per block of 8 entries, k ~ scale * code; None without the kernel or once
-        # a key is not finite
-        self.code = torch.empty(kv_heads, 0, head_dim, 8, dtype=torch.int8) if kernel.available() else None
+        # for the C kernel (bmojo.memory.kernel): the keys as 8-bit codes (Hk, capacity / 8, ceil(Dh / 2), 8, 2),
+        # a pair of dimensions of 8 entries side by side, and their scales (Hk, capacity / 8), one per block of 8
+        # entries, k ~ scale * code; None without the kernel or once a key is not finite
+        self.code = torch.empty(kv_heads, 0, (head_dim + 1) // 2, 8, 2, dtype=torch.int8) if kernel.available() \
+            else None
         self.scale = torch.empty(kv_heads, 0)
+        self._c = None  # the kernel's view of these tensors (kernel.Index), made when they change
+        self._hint = None  # per query head, the slots the C search found last (where its next scan starts)
         self.ann = None  # one faiss index per kv head, once built
         if cfg.search == "ann" and faiss is None:
             from bmojo.memory.store import StoreError
@@ -69,7 +72,7 @@ class LayerIndex:
             self.pos = torch.cat([self.pos[:self.n], self.pos.new_full((cap - self.n,), FAR)])
             self.ids, self.seen = (torch.cat([t[:self.n], t.new_empty(cap - self.n)]) for t in (self.ids, self.seen))
             if self.code is not None:
-                code = self.code.new_zeros(self.kv_heads, cap // 8, self.head_dim, 8)
+                code = self.code.new_zeros(self.kv_heads, cap // 8, *self.code.shape[2:])
                 code[:, :self.code.shape[1]] = self.code
                 self.code, self.scale = code, torch.cat([self.scale, self.scale.new_zeros(
                     self.kv_heads, cap // 8 - self.scale.shape[1])], 1)
@@ -83,6 +86,7 @@ class LayerIndex:
         seen = pos.cummax(0).values
         self.seen[self.n:need] = seen.clamp(min=int(self.seen[self.n - 1])) if self.n else seen
         self.n = need
+        self._c = None
         low = int(pos.min())
         self.min_pos = low if self.min_pos is None else min(self.min_pos, low)
         if self.ann is not None:
@@ -97,7 +101,8 @@ class LayerIndex:
         kb = self.keys[:, 8 * b0:8 * b1].reshape(self.kv_heads, b1 - b0, 8, self.head_dim)
         scale = kb.abs().amax(dim=(2, 3)) / 127  # (Hk, blocks)
         code = torch.where(scale[..., None, None] > 0, kb / scale[..., None, None], 0).round().clamp(-127, 127)
-        self.code[:, b0:b1] = code.transpose(2, 3).to(torch.int8)  # (Hk, blocks, Dh, 8)
+        code = torch.nn.functional.pad(code, (0, self.head_dim % 2))  # an odd width gets a zero dimension
+        self.code[:, b0:b1] = code.unflatten(-1, (-1, 2)).transpose(2, 3).to(torch.int8)  # (Hk, blocks, P, 8, 2)
         self.scale[:, b0:b1] = scale
 
     def _wants_ann(self) -> bool:
@@ -121,14 +126,16 @@ class LayerIndex:
 
     @torch.no_grad()
     def search(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, exact: bool = False):
-        """q (n, H, Dh) float, qpos (n,) -> (ids (n, H, k) entry ids, -1 where there is none; keys (n, H, k, Dh);
-        logits q.k (n, H, k), -inf where there is none)."""
+        """q (n, H, Dh) float, qpos (n,) (a tensor or ints) -> (ids (n, H, k) entry ids, -1 where there is none;
+        keys (n, H, k, Dh); logits q.k (n, H, k), -inf where there is none)."""
         n, H, Dh = q.shape
         if self.searches_in_c(n):
-            return self.search_c(q, qpos, window, k)[:3]
+            found = self.search_c(q, qpos, window, k)
+            if found is not None:
+                return found[:3]
         G = H // self.kv_heads
         qf = q.float().view(n, self.kv_heads, G, Dh)
-        limit = (qpos - window)[:, None, None, None]  # visible: pos <= limit
+        limit = (torch.as_tensor(qpos) - window)[:, None, None, None]  # visible: pos <= limit
         if self.ann is not None and not exact:
             return self._search_ann(qf, limit, k)
         out_s, out_i = [], []
@@ -153,10 +160,20 @@ class LayerIndex:
         """Whether an exact search for n queries runs the C kernel (decoding, once it is built)."""
         return self.code is not None and self.ann is None and n <= FEW
 
-    def search_c(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, values=None):
+    def search_c(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, values=None, scores=True):
         """The C search (see `search` and bmojo.memory.kernel.search, which also reads `values`) ->
-        (ids, keys, logits, values or None, how many found ids have no value read)."""
-        return kernel.search(q.float().contiguous(), (qpos - window).tolist(), self, k, values)
+        (ids, keys, logits or None without `scores`, values or None, how many found ids have no value read);
+        None when q is not finite (search with PyTorch then)."""
+        if self._c is None:
+            self._c = kernel.Index(self.code.data_ptr(), self.scale.data_ptr(), self.keys.data_ptr(),
+                                   self.pos.data_ptr(), self.seen.data_ptr(), self.ids.data_ptr(), self.n,
+                                   self.keys.shape[1], self.kv_heads, 1, self.head_dim, 1)
+            self._c.hint = self._hint.data_ptr() if self._hint is not None else None
+        if self._hint is None or self._hint.shape != (q.shape[1], k):  # each head's last top-k (slots)
+            self._hint = torch.full((q.shape[1], k), -1, dtype=torch.long)
+            self._c.hint = self._hint.data_ptr()
+        limits = [int(p) - window for p in (qpos.tolist() if isinstance(qpos, torch.Tensor) else qpos)]
+        return kernel.search(q.float().contiguous(), limits, self._c, k, values, scores)
 
     def visible_prefix(self, limit: int) -> int:
         """How many of the first entries (in the order added) are all at positions <= limit."""

@@ -62,8 +62,7 @@ def available() -> bool:
                 lib = ctypes.CDLL(str(_build()))
                 if not lib.bmojo_store_simd():
                     raise RuntimeError("this CPU (or compiler) lacks AVX2 or FMA")
-                lib.bmojo_store_search.argtypes = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I,
-                                                   _P, _I, _I, _I, _P, _P, _P, _P]
+                lib.bmojo_store_search.argtypes = [_P, _P, _P, _I, _P, _P, _P, _P]
                 lib.bmojo_store_search.restype = ctypes.c_int
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
@@ -77,24 +76,35 @@ def error() -> str | None:
     return _error
 
 
-def search(q: torch.Tensor, limits: list[int], index, topk: int, values=None):
-    """q (nq, H, Dh) float32 contiguous, query r seeing positions <= limits[r], index a LayerIndex with its 8-bit
-    codes -> (ids (nq, H, topk), keys (nq, H, topk, Dh), scores (nq, H, topk), values, late), best first, -1 / 0 /
-    -inf past the visible entries.  values = (address, record bytes, value offset, records written) of a map of
-    the store's float32 records also reads the values (nq, H, topk, Dh) of the ids < written; `late` counts the
-    found ids >= written, whose values are left zero (read them elsewhere).  Without `values`: None, 0."""
+class Index(ctypes.Structure):
+    """The C side's view of a LayerIndex (csrc/store_scan.c, struct Index): its tensors' addresses and sizes, kept
+    by the index (refreshed when it grows), where the store's values are read, and the hint (each head's last
+    top-k, where the next scan starts)."""
+
+    _fields_ = [("code", _P), ("scale", _P), ("k32", _P), ("pos", _P), ("seen", _P), ("ids", _P),
+                ("n", _I), ("cap", _I), ("Hk", _I), ("G", _I), ("Dh", _I), ("topk", _I),
+                ("vbase", _P), ("rec", _I), ("voff", _I), ("written", _I), ("hint", _P)]
+
+
+def search(q: torch.Tensor, limits: list[int], X: Index, topk: int, values=None, scores: bool = True):
+    """q (nq, H, Dh) float32 contiguous, query r seeing positions <= limits[r], X the Index of a LayerIndex with
+    its 8-bit codes -> (ids (nq, H, topk), keys (nq, H, topk, Dh), scores (nq, H, topk) or None without `scores`,
+    values, late), best first, -1 / 0 / -inf past the visible entries; None when q is not finite.
+    values = (address, record bytes, value offset, records written) of a map of the store's float32 records also
+    reads the values (nq, H, topk, Dh) of the ids < written; `late` counts the found ids >= written, whose values
+    are left zero (read them elsewhere).  Without `values`: None, 0."""
     nq, H, Dh = q.shape
-    Hk = index.kv_heads
-    ids_out = torch.empty(nq, H, topk, dtype=torch.int64)
-    keys_out = torch.empty(nq, H, topk, Dh)
-    scores = torch.empty(nq, H, topk)
+    X.G, X.topk = H // X.Hk, topk
+    X.vbase, X.rec, X.voff, X.written = values if values is not None else (None, 0, 0, 0)
+    ids = torch.empty(nq, H, topk, dtype=torch.int64)
+    keys = torch.empty(nq, H, topk, Dh)
+    s = torch.empty(nq, H, topk) if scores else None
     vals = torch.empty(nq, H, topk, Dh) if values is not None else None
-    base, rec, voff, written = values if values is not None else (None, 0, 0, 0)
-    rc = _lib.bmojo_store_search(q.data_ptr(), (ctypes.c_int64 * nq)(*limits), nq, Hk, H // Hk, Dh,
-                                 index.code.data_ptr(), index.scale.data_ptr(), index.keys.data_ptr(),
-                                 index.pos.data_ptr(), index.seen.data_ptr(), index.ids.data_ptr(), index.n,
-                                 index.keys.shape[1], topk, base, rec, voff, written, ids_out.data_ptr(),
-                                 keys_out.data_ptr(), scores.data_ptr(), vals.data_ptr() if vals is not None else None)
+    rc = _lib.bmojo_store_search(ctypes.byref(X), q.data_ptr(), (ctypes.c_int64 * nq)(*limits), nq, ids.data_ptr(),
+                                 keys.data_ptr(), s.data_ptr() if scores else None,
+                                 vals.data_ptr() if vals is not None else None)
+    if rc == -3:
+        return None
     if rc < 0:
         raise MemoryError("bmojo store search: out of memory")
-    return ids_out, keys_out, scores, vals, rc
+    return ids, keys, s, vals, rc

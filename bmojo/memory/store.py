@@ -227,13 +227,16 @@ class LayerStore:
         """Sequence `row`'s retrieval for q (n, H, Dh) at positions qpos (n,): the top-k visible entries per head
         (see LayerIndex.search) -> (keys, values (n, H, k, Dh) float32, found (n, H, k) bool)."""
         ix = self.index[row]
-        if not (self.store.dtype == "float32" and ix.searches_in_c(q.shape[0])):
+        found = None
+        if self.store.dtype == "float32" and ix.searches_in_c(q.shape[0]):
+            written = self.written  # the C search reads the values of records on disk from the file's map
+            base = self.map.address(written) if written else None
+            found = ix.search_c(q, qpos, window, k, (base, self.rec.itemsize, self.rec.fields["v"][1], written),
+                                scores=False)
+        if found is None:  # PyTorch: query blocks, a float16 store, no kernel, or a query that is not finite
             ids, keys, _ = ix.search(q, qpos, window, k)
             return keys, self.values(ids), ids >= 0
-        written = self.written  # the C search reads the values of records on disk from the file's map
-        base = self.map.address(written) if written else None
-        ids, keys, _, vals, late = ix.search_c(q, qpos, window, k,
-                                               (base, self.rec.itemsize, self.rec.fields["v"][1], written))
+        ids, keys, _, vals, late = found
         if late:  # written to the file after `written` was read: from the queued tail
             vals = torch.where((ids >= written)[..., None], self.values(ids), vals)
         return keys, vals, ids >= 0

@@ -1,4 +1,5 @@
-"""The C store search (bmojo.memory.kernel): an 8-bit scan with an error bound, then an exact re-score.  It must
+"""The C store search (bmojo.memory.kernel): an 8-bit integer scan (the query coded in 16 bits) with an error
+bound, then an exact re-score.  It must
 return exactly what a brute-force float32 search returns, including where 8-bit codes cannot tell keys apart."""
 import os
 import subprocess
@@ -61,7 +62,8 @@ def _check(ix, keys, pos, ids, q, limit, k, window=4):
 
 
 @pytest.mark.parametrize("Hk,G,Dh,n", [(4, 1, 16, 3000), (2, 2, 16, 2500), (1, 3, 32, 1000), (2, 5, 8, 777),
-                                       (3, 4, 64, 400), (1, 1, 16, 5)])
+                                       (3, 4, 64, 400), (1, 1, 16, 5), (2, 1, 7, 600), (1, 2, 24, 500),
+                                       (1, 1, 128, 300)])
 def test_c_search_equals_brute_force(Hk, G, Dh, n):
     g = torch.Generator().manual_seed(n + Dh)
     keys = torch.randn(n, Hk, Dh, generator=g) * torch.rand(n, 1, 1, generator=g) * 3  # norms vary by entry
@@ -95,6 +97,50 @@ def test_c_search_is_exact_where_8_bit_codes_tie():
             assert float(exact.max() - exact.min()) < step, "the copies' scores should be closer than the 8-bit bound"
         for k in (4, 16, 64):
             _check(ix, keys, pos, ids, q[None].clone(), n, k)
+
+
+def test_c_search_is_exact_whatever_its_hint():
+    """Each head's scan starts from the entries its previous query found (the hint): any hint, stale, invisible
+    to the new query, random or the very answer, leaves the result exact."""
+    g = torch.Generator().manual_seed(2)
+    n, Hk, G, Dh, k = 3000, 2, 2, 16, 16
+    keys, pos, ids = torch.randn(n, Hk, Dh, generator=g), torch.randperm(n, generator=g), torch.arange(n)
+    ix = _index(keys, pos, ids)
+    q = torch.randn(Hk * G, Dh, generator=g)
+    for limit in (n, n // 2, 40, n, n):  # the hint of a query that saw more, then less, then the same query
+        got, want = _check(ix, keys, pos, ids, q + 0.1 * torch.randn(Hk * G, Dh, generator=g), limit, k)
+        assert torch.equal(got, want)
+    assert (ix._hint >= 0).all()
+    for trial in range(5):  # random hints of visible entries (slot j holds entry j): they set where the scan starts
+        limit = int(torch.randint(n // 4, n, (1,), generator=g))
+        seen = (pos <= limit).nonzero()[:, 0]
+        ix._hint.copy_(torch.stack([seen[torch.randperm(len(seen), generator=g)[:k]] for _ in range(Hk * G)]))
+        got, want = _check(ix, keys, pos, ids, torch.randn(Hk * G, Dh, generator=g), limit, k)
+        assert torch.equal(got, want)
+
+
+def test_c_search_is_exact_for_queries_of_wide_range():
+    """The query is coded in 16 bits (q ~ sq qi): a query with one huge component next to tiny ones (whose codes
+    are 0) and one with tiny components still get the exact top-k; a query that is not finite is left to
+    PyTorch, which gives the same answer as with the kernel off."""
+    g = torch.Generator().manual_seed(1)
+    n, Hk, Dh = 2000, 2, 16
+    keys, pos, ids = torch.randn(n, Hk, Dh, generator=g), torch.randperm(n, generator=g), torch.arange(n)
+    ix = _index(keys, pos, ids)
+    wide = torch.randn(Hk, Dh, generator=g) * 1e-3
+    wide[:, 5] = 1e3
+    for q in (wide, torch.randn(Hk, Dh, generator=g) * 1e-20, torch.randn(Hk, Dh, generator=g) * 1e6):
+        for k in (1, 16):
+            _check(ix, keys, pos, ids, q, n, k)
+    bad = torch.randn(1, Hk, Dh, generator=g)
+    bad[0, 1, 3] = float("nan")
+    assert ix.search_c(bad, torch.tensor([n + 4]), 4, 8) is None  # refused: PyTorch answers
+    got = ix.search(bad, torch.tensor([n + 4]), 4, 8)
+    code, ix.code = ix.code, None
+    want = ix.search(bad, torch.tensor([n + 4]), 4, 8)
+    ix.code = code
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 def test_non_finite_keys_turn_the_c_search_off():
