@@ -5,7 +5,7 @@
         --init benchmarks/results/passkey_storage/model --checkpoint benchmarks/results/passkey_storage/model_store \
         --model-opts '{"memory_size": 16, "train_store_topk": 16}'   # 5 min on one H200: trained with a store
     python benchmarks/passkey_storage.py eval --checkpoint benchmarks/results/passkey_storage/model_store \
-        --lengths 16384,65536,131072 --samples 8,4,2 [--model-opts '{"memory_decay": 0.5}']
+        --lengths 16384,65536,131072 --samples 8,4,2 [--model-opts '{"memory_decay": 0.5}'] [--admit memory]
 
 The models: a 2-layer B'MOJO (d_model 64, W=32, C=32) trained on `passkey` (bmojo.data.synthetic: a needle
 `[marker] d1..d4` at a random depth in random filler, asked at the end).  `model` was trained at 256 tokens with
@@ -119,7 +119,7 @@ def cmd_eval(args) -> int:
     model.eval()
     lengths = [int(x) for x in args.lengths.split(",")]
     samples = [int(x) for x in args.samples.split(",")]
-    scfg = StoreConfig(topk=args.topk, search=args.search, ann_threshold=args.ann_threshold)
+    scfg = StoreConfig(topk=args.topk, search=args.search, ann_threshold=args.ann_threshold, admit=args.admit)
     rows = []
     for L, ns in zip(lengths, samples):
         depths = np.linspace(0.1, 0.6, ns) if ns > 1 else [0.35]
@@ -197,6 +197,9 @@ def main() -> int:
     e.add_argument("--topk", type=int, default=16)
     e.add_argument("--search", default=StoreConfig.search, choices=["exact", "ann", "auto"])
     e.add_argument("--ann-threshold", type=int, default=StoreConfig.ann_threshold)
+    e.add_argument("--admit", default=StoreConfig.admit, choices=["evicted", "memory"],
+                   help="what the store keeps: every token that leaves the eidetic pool, or only the entries pushed "
+                   "out of the memory (chosen by the innovation test): fewer entries, a faster search")
     e.add_argument("--segment", type=int, default=4096)
     e.add_argument("--latency-steps", type=int, default=256, help="decode steps timed after each prefill")
     e.add_argument("--threads", type=int, default=2)

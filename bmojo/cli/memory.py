@@ -26,11 +26,16 @@ def add_store_args(p) -> None:
                         "--store-ann-threshold entries")
     g.add_argument("--store-ann-threshold", type=int, default=StoreConfig.ann_threshold,
                    help="entries per layer and sequence above which `auto` switches to the approximate index")
+    g.add_argument("--store-admit", default=StoreConfig.admit, choices=["evicted", "memory"],
+                   help="what a layer stores: every token that leaves its eidetic pool (default), or only the "
+                        "entries pushed out of its memory, i.e. once chosen by the innovation test (fewer entries, "
+                        "a faster search)")
 
 
 def open_store(args, model, rows: int = 1, folder=None) -> Store:
     """The store named by --storage (or `folder`) for `model`, reporting what a crash recovery dropped."""
-    cfg = StoreConfig(topk=args.store_topk, search=args.store_search, ann_threshold=args.store_ann_threshold)
+    cfg = StoreConfig(topk=args.store_topk, search=args.store_search, ann_threshold=args.store_ann_threshold,
+                      admit=args.store_admit)
     store = Store.for_model(folder or args.storage, model, rows=rows, cfg=cfg)
     report_recovery(store)
     return store

@@ -201,12 +201,17 @@ class BMojoMixer(Attention):
         return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem, store)
 
     # ---- long-term store (bmojo.memory) -----------------------------------------------------------------
-    def _store_add(self, store, lost, keys, values):
-        """Send the pool entries that lost an update (src indexing keys/values (B, n, Hk, Dh)) to the store."""
+    def _store_add(self, store, lost, keys, values, chunk_start):
+        """Send the pool entries that lost the update of the chunk starting at position `chunk_start` (src indexing
+        keys/values (B, n, Hk, Dh)) to the store: all of them, or with StoreConfig.admit="memory" those that were in
+        the memory (older than the chunk, whose own tokens are the update's candidates)."""
         bi = torch.arange(keys.shape[0], device=keys.device)[:, None]
         k, v = keys[bi, lost.src.clamp(min=0)], values[bi, lost.src.clamp(min=0)]
+        keep = lost.pos >= 0
+        if store.store.cfg.admit == "memory":
+            keep = keep & (lost.pos < chunk_start)
         for row in range(keys.shape[0]):
-            real = lost.pos[row] >= 0
+            real = keep[row]
             store.add(row, lost.pos[row][real], k[row][real], v[row][real])
 
     def _store_search(self, store, q, qpos):
@@ -243,11 +248,11 @@ class BMojoMixer(Attention):
         parts = []
         for b in range((t0 % C + T + C - 1) // C):
             if b > 0:
-                self._store_add(store, evictions[b - 1], table_k, table_v)
+                self._store_add(store, evictions[b - 1], table_k, table_v, a0 + (b - 1) * C)
             lo, hi = max(a0 + b * C, t0), min(a0 + (b + 1) * C, t0 + T)
             parts.append(self._store_search(store, q[:, lo - t0:hi - t0], torch.arange(lo, hi)))
         if len(evictions) == len(parts):  # the last chunk completed: its update's losers go in too
-            self._store_add(store, evictions[-1], table_k, table_v)
+            self._store_add(store, evictions[-1], table_k, table_v, a0 + (len(parts) - 1) * C)
         return tuple(torch.cat(x, 1) for x in zip(*parts))
 
     def _store_from_evictions(self, q, table_k, table_v, evictions):
@@ -376,7 +381,7 @@ class BMojoMixer(Attention):
         src = new.src.clamp(min=0)
         pool_k, pool_v = torch.cat([mem.k, cand_k], 1), torch.cat([mem.v, cand_v], 1)
         if state.store is not None:
-            self._store_add(state.store, lost, pool_k, pool_v)
+            self._store_add(state.store, lost, pool_k, pool_v, state.pos - C + 1)
         mem.k.copy_(pool_k[bi, src])
         mem.v.copy_(pool_v[bi, src])
         mem.prio.copy_(new.prio)

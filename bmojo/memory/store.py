@@ -59,12 +59,17 @@ class StoreConfig:
     # by default: on a trained model's own keys HNSW misses the rare entries that matter (store_recall.py --model)
     ann_threshold: int = 32768
     durable: bool = False  # fsync every write (survives power loss, not just a killed process)
+    admit: str = "evicted"  # what a layer stores: every token that leaves its eidetic pool ("evicted": a store with
+    # room for everything makes the layer full attention), or only the entries that were in its memory, i.e. chosen
+    # by the innovation test, when they are pushed out ("memory": fewer entries, so a faster search)
 
     def __post_init__(self):
         if not (isinstance(self.topk, int) and self.topk > 0):
             raise StoreError(f"StoreConfig.topk={self.topk!r}: must be a positive integer")
         if self.search not in ("exact", "ann", "auto"):
             raise StoreError(f"StoreConfig.search={self.search!r}: allowed: exact, ann, auto")
+        if self.admit not in ("evicted", "memory"):
+            raise StoreError(f"StoreConfig.admit={self.admit!r}: allowed: evicted, memory")
         if not (isinstance(self.ann_threshold, int) and self.ann_threshold >= 0):
             raise StoreError(f"StoreConfig.ann_threshold={self.ann_threshold!r}: must be an integer >= 0")
 

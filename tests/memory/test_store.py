@@ -57,11 +57,12 @@ def test_store_with_room_for_everything_is_full_attention(tmp_path, T):
         assert (y_no - y).abs().max() > 1e-3, "the store changed nothing: the test would not see a broken read"
 
 
-def test_parallel_equals_prefill_then_decode_with_store(tmp_path):
+@pytest.mark.parametrize("admit", ["evicted", "memory"])
+def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit):
     m = _model()
     ids = _ids(2, 61)
-    with Store.for_model(tmp_path / "a", m, rows=2, cfg=StoreConfig(topk=5)) as sa, \
-            Store.for_model(tmp_path / "b", m, rows=2, cfg=StoreConfig(topk=5)) as sb:
+    with Store.for_model(tmp_path / "a", m, rows=2, cfg=StoreConfig(topk=5, admit=admit)) as sa, \
+            Store.for_model(tmp_path / "b", m, rows=2, cfg=StoreConfig(topk=5, admit=admit)) as sb:
         full = m(ids, m.init_state(2, store=sa), return_state=True).logits
         out = m(ids[:, :13], m.init_state(2, store=sb), return_state=True)
         logits, st = [out.logits], out.state
@@ -71,6 +72,34 @@ def test_parallel_equals_prefill_then_decode_with_store(tmp_path):
         assert_close(torch.cat(logits, 1), full, rtol=1e-4, name="prefill+decode vs parallel, with store")
         assert sa.info()["entries"] == sb.info()["entries"] and sum(sa.info()["entries"].values()) > 0
         assert (full - m(ids).logits).abs().max() > 1e-4, "the store changed nothing"
+
+
+def test_admit_memory_stores_exactly_what_left_the_memory(tmp_path):
+    """StoreConfig.admit="memory": a layer stores the entries pushed out of its eidetic memory (chosen once by the
+    innovation test), not the chunk candidates that never got in; "evicted" stores every token that left."""
+    m = _model()
+    ids = _ids(2, 90, seed=3)
+    stored = {}
+    for admit in ("evicted", "memory"):
+        with Store.for_model(tmp_path / admit, m, rows=2, cfg=StoreConfig(admit=admit)) as s:
+            st = m.init_state(2, store=s)
+            ever = [[set(), set()] for _ in m.layers]  # positions ever in each layer's memory, per row
+            for t in range(ids.shape[1]):
+                _, st = m.step(ids[:, t], st)
+                for li, ls in enumerate(st.layers):
+                    for r in range(2):
+                        ever[li][r] |= {int(p) for p in ls.mem.pos[r] if p >= 0}
+            stored[admit] = {li: [{int(p) for p in s.layer(li).index[r].pos[:s.layer(li).index[r].n]}
+                                  for r in range(2)] for li in s.layers}
+            for li in s.layers:
+                for r in range(2):
+                    now = {int(p) for p in st.layers[li].mem.pos[r] if p >= 0}
+                    if admit == "memory":
+                        assert stored[admit][li][r] == ever[li][r] - now
+                    else:  # every token that left the window's chunk loop: all but the memory and the open chunk
+                        done = ids.shape[1] - ids.shape[1] % m.cfg.chunk
+                        assert stored[admit][li][r] == set(range(done)) - now
+    assert all(0 < len(a) < len(b) for li in stored["memory"] for a, b in zip(stored["memory"][li], stored["evicted"][li]))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1, selection_gate=True), dict(memory_size=2, chunk=2)])
@@ -294,6 +323,12 @@ def test_reopening_with_other_shapes_is_a_clear_error(tmp_path):
     (tmp_path / "s" / "store.json").write_text("{not json")
     with pytest.raises(StoreError, match="store.json: not valid JSON"):
         Store.open(tmp_path / "s", make_spec("x", {0: (2, 8)}))
+
+
+@pytest.mark.parametrize("field,value", [("topk", 0), ("search", "fast"), ("ann_threshold", -1), ("admit", "all")])
+def test_bad_store_config_names_the_field(field, value):
+    with pytest.raises(StoreError, match=f"StoreConfig.{field}="):
+        StoreConfig(**{field: value})
 
 
 def test_model_without_memory_layers_refuses_a_store(tmp_path):
