@@ -239,6 +239,15 @@ class BMojoMixer(Attention):
                 ek[row], ev[row], evis[row] = (t.to(q.device) for t in f)
         return ek, ev, evis
 
+    def _store_step(self, store, q, i):
+        """Decoding: q (B, H, Dh) at position i -> the store's (keys, values (B, H, K, Dh), visible (B, H, K)).  One
+        sequence on the CPU (the usual decode) goes straight to the store's search, whose (1, H, K, ...) outputs are
+        already this shape; anything else through _store_search."""
+        ix = store.index[0]
+        if q.shape[0] == 1 and q.device.type == "cpu" and ix.n and ix.min_pos <= i - self.window:
+            return store.search(0, q.detach(), (i,), self.window, store.store.cfg.topk)
+        return tuple(t[:, 0] for t in self._store_search(store, q[:, None], (i,)))
+
     def _store_read(self, store, q, t0, evictions, table_k, table_v):
         """Parallel mode: query block b reads the store after the updates before it; the updates' losers are
         added as the blocks advance (and those of a final complete update after the last block)."""
@@ -346,7 +355,7 @@ class BMojoMixer(Attention):
             keys.insert(0, mem.k); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
-                extra = tuple(t[:, 0] for t in self._store_search(state.store, q[:, None], (i,)))
+                extra = self._store_step(state.store, q, i)
         o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale, extra)
         y = self.o_proj(o.reshape(B, -1))
         if self.ssm_residual:

@@ -57,14 +57,14 @@ def test_store_with_room_for_everything_is_full_attention(tmp_path, T):
         assert (y_no - y).abs().max() > 1e-3, "the store changed nothing: the test would not see a broken read"
 
 
-@pytest.mark.parametrize("admit", ["evicted", "memory"])
-def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit):
+@pytest.mark.parametrize("admit,B", [("evicted", 2), ("memory", 2), ("evicted", 1)])  # B = 1: the decode fast path
+def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit, B):
     m = _model()
-    ids = _ids(2, 61)
-    with Store.for_model(tmp_path / "a", m, rows=2, cfg=StoreConfig(topk=5, admit=admit)) as sa, \
-            Store.for_model(tmp_path / "b", m, rows=2, cfg=StoreConfig(topk=5, admit=admit)) as sb:
-        full = m(ids, m.init_state(2, store=sa), return_state=True).logits
-        out = m(ids[:, :13], m.init_state(2, store=sb), return_state=True)
+    ids = _ids(B, 61)
+    with Store.for_model(tmp_path / "a", m, rows=B, cfg=StoreConfig(topk=5, admit=admit)) as sa, \
+            Store.for_model(tmp_path / "b", m, rows=B, cfg=StoreConfig(topk=5, admit=admit)) as sb:
+        full = m(ids, m.init_state(B, store=sa), return_state=True).logits
+        out = m(ids[:, :13], m.init_state(B, store=sb), return_state=True)
         logits, st = [out.logits], out.state
         for t in range(13, 61):
             lg, st = m.step(ids[:, t], st)
