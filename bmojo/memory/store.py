@@ -1,6 +1,6 @@
 """The in-storage memory (DESIGN section 5): every token that leaves a B'MOJO layer's eidetic pool (an entry
-evicted from the memory, or a chunk candidate that did not get in) is appended to a store on disk, and later
-queries retrieve their best matches from it.
+evicted from the memory, or a chunk candidate that did not get in; with StoreConfig.admit="memory" only the
+former) is appended to a store on disk, and later queries retrieve their best matches from it.
 
 On disk, a store is one folder:
   store.json       what it is for: the model's fingerprint, the B layers with their (kv heads, head width),

@@ -13,8 +13,9 @@
    so only [v, n) is checked entry by entry.
 
    Why it is exact.  The scan reads the 8-bit codes (a quarter of the float32 bytes: the scan is memory bound)
-   in integers: the query too is coded, q ~ sq qi with 16-bit qi (sq = max |q_d| / QMAX), and A = qi . code is
-   an exact int32 sum (16-bit products of a pair of dimensions added by one instruction, vpmaddwd).  A code is
+   in integers: the query too is coded, q ~ sq qi with 16-bit qi (sq = max |q_d| / QMAX, QMAX = 32767 or less so
+   that |qi . code| <= QMAX 127 2P fits an int32), and A = qi . code is an exact int32 sum (the products of a
+   pair of dimensions added by one instruction, vpmaddwd).  A code is
    within half a step of the key, |k_d - scale code_d| <= scale / 2, and |q_d - sq qi_d| <= 0.51 sq, so
      q . k - sq scale A = sum_d q_d (k_d - scale code_d) + sum_d (q_d - sq qi_d) scale code_d
    is at most scale (|q|_1 / 2 + 0.51 sq 127 Dh).  The approximate score a = (scale sq) A takes three float32
@@ -26,7 +27,8 @@
    running t (which only rises), scores those again from the float32 keys, and returns the best k: the exact
    top-k, ties to the older entry.  A query that is not finite is refused (the caller searches with PyTorch).
 
-   A head starts from a hint: the entries its previous query found (consecutive decoding queries are alike).
+   A head starts from a hint: the entries its previous query found (consecutive decoding queries often find
+   many of the same entries).
    If k of them are visible, the k-th best of their exact scores, t0, is also a lower bound on the k-th best
    exact score (k entries reach it), so the scan starts at t = t0 instead of -inf and keeps few candidates from
    its very first blocks.  The hint only moves the start: any k visible entries give a valid t0.
