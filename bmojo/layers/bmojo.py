@@ -241,10 +241,11 @@ class BMojoMixer(Attention):
 
     def _store_step(self, store, q, i):
         """Decoding: q (B, H, Dh) at position i -> the store's (keys, values (B, H, K, Dh), visible (B, H, K)).  One
-        sequence on the CPU (the usual decode) goes straight to the store's search, whose (1, H, K, ...) outputs are
-        already this shape; anything else through _store_search."""
+        float32 sequence on the CPU (the usual decode) goes straight to the store's search, whose (1, H, K, ...)
+        outputs are already this shape and dtype; anything else through _store_search."""
         ix = store.index[0]
-        if q.shape[0] == 1 and q.device.type == "cpu" and ix.n and ix.min_pos <= i - self.window:
+        if q.shape[0] == 1 and q.dtype == torch.float32 and q.device.type == "cpu" and ix.n \
+                and ix.min_pos <= i - self.window:
             return store.search(0, q.detach(), (i,), self.window, store.store.cfg.topk)
         return tuple(t[:, 0] for t in self._store_search(store, q[:, None], (i,)))
 
