@@ -394,6 +394,10 @@ def test_cli_generate_with_storage_reuses_and_clears(tmp_path):
     assert main(["memory", "info", str(store), "--json"]) == 0
     assert main(["memory", "clear", str(store)]) == 0
     assert not store.exists()
+    prompt = ["--prompt", "hello there, this is a long enough prompt"]
+    assert main([*args, *prompt, "--store-admit", "memory"]) == 0  # fewer entries: only those that left the memory
+    assert 0 < sum(describe(store)["entries"].values()) < sum(first["entries"].values())
+    assert main(["memory", "clear", str(store)]) == 0
     other = tmp_path / "ck2"
     m2 = BMojoLM(tiny("bmojo", vocab_size=256, d_model=48))
     save_checkpoint(other, m2, {"model": m2.cfg.to_dict(), "tokenizer": ByteTokenizer().to_dict()},
