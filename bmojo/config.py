@@ -6,7 +6,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from bmojo.ops.selection import MEMORY_RULES, SELECTORS
+from bmojo.ops.eidetic import MEMORY_RULES
+from bmojo.ops.selection import SELECTORS
 
 LAYER_KINDS = {
     "A": "full causal attention",

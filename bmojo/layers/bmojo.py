@@ -30,16 +30,17 @@ from bmojo.layers.state import LayerState, check_call
 from bmojo.layers.store_reads import StoreReads
 from bmojo.ops.attention import attend, window_attention_shares
 from bmojo.ops.rope import apply_rope
-from bmojo.ops.selection import Entries, innovation_scores, memory_update, position_scores, select_memory
+from bmojo.ops.eidetic import Entries, eidetic_memory
+from bmojo.ops.selection import innovation_scores, position_scores
 
 
 @dataclass
 class MemoryState(LayerState):
     k: torch.Tensor  # (B, M, Hk, Dh)
     v: torch.Tensor  # (B, M, Hk, Dh)
-    prio: torch.Tensor  # (B, M) float32, -inf = empty
+    score: torch.Tensor  # (B, M) float32: the score each entry was selected with (before decay), -inf = empty
     pos: torch.Tensor  # (B, M) long, -1 = empty
-    pend_prio: torch.Tensor  # (B, C) scores of the current chunk's tokens so far
+    pend_score: torch.Tensor  # (B, C) scores of the current chunk's tokens so far
     pend_pos: torch.Tensor  # (B, C)
     f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
     pend_gate: torch.Tensor | None = None  # (B, C) selection-gate logits of the current chunk's tokens
@@ -52,6 +53,13 @@ class BMojoState(AttentionState):
     fv: torch.Tensor | None = None
     mem: MemoryState | None = None
     store: object | None = None  # bmojo.memory.LayerStore: the long-term store, when one is attached
+
+
+def gather_rows(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """table (B, n, Hk, Dh), src (B, ...) row indices (-1 = empty, read as row 0) -> (B, ..., Hk, Dh)."""
+    idx = src.clamp(min=0).reshape(src.shape[0], -1)
+    out = table.gather(1, idx[..., None, None].expand(-1, -1, *table.shape[2:]))
+    return out.view(*src.shape, *table.shape[2:])
 
 
 class BMojoMixer(StoreReads, Attention):
@@ -143,8 +151,8 @@ class BMojoMixer(StoreReads, Attention):
                 hk, f_start = ring_read(state.fk, t0, 2 * W)
                 hv, _ = ring_read(state.fv, t0, 2 * W)
                 fks, fvs = torch.cat([hk, fk], 1), torch.cat([hv, fv], 1)
-        # 4. eidetic memory: scores, the chunk loop, and each query block's entries
-        mem_kw, new_mem = {}, None
+        # 4. eidetic memory: scores, the memory update (bmojo.ops.eidetic), each query block's entries
+        mem_kw, new_mem, ev = {}, None, None
         if M > 0:
             f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, D)
             scores = innovation = self._scores(x, f, f_prev0, t0)
@@ -152,33 +160,18 @@ class BMojoMixer(StoreReads, Attention):
             if gate is not None:
                 scores = scores + gate.detach()
             vs_mem, g_stream = self._gated_values(vs, gate, state, t0, k_start)
-            if state is not None:
-                n = t0 % C
-                mem0 = Entries(state.mem.prio, state.mem.pos, torch.arange(M, device=x.device).expand(B, M))
-                pend = Entries(state.mem.pend_prio[:, :n], state.mem.pend_pos[:, :n],
-                               M + state.mem.pend_pos[:, :n] - k_start)
-                table_k, table_v = torch.cat([state.mem.k, ks], 1), torch.cat([state.mem.v, vs_mem], 1)
-            else:
-                mem0, pend = Entries.empty(B, M, x.device), Entries.empty(B, 0, x.device)
-                table_k, table_v = torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1), \
-                    torch.cat([vs.new_zeros(B, M, *vs.shape[2:]), vs_mem], 1)
-            evictions = [] if (store is not None or own_store) else None
-            blocks, mem_end, pend_end = select_memory(scores, start=t0, chunk=C, mem=mem0, pending=pend,
-                                                      src_offset=M + t0 - k_start, rule=self.rule,
-                                                      decay=self.decay, per_chunk=self.per_chunk,
-                                                      evictions=evictions)
-            bi = torch.arange(B, device=x.device)[:, None]
-            nb = blocks.src.shape[1]
-            src = blocks.src.clamp(min=0).view(B, nb * M)
-            mem_kw = dict(mem_k=table_k[bi, src].view(B, nb, M, *ks.shape[2:]),
-                          mem_v=table_v[bi, src].view(B, nb, M, *vs.shape[2:]), mem_pos=blocks.pos)
+            table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0)
+            ev = eidetic_memory(scores, start=t0, chunk=C, memory=mem0, pending=pend, src_offset=M + t0 - k_start,
+                                rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
+            mem_kw = dict(mem_k=gather_rows(table_k, ev.blocks.src), mem_v=gather_rows(table_v, ev.blocks.src),
+                          mem_pos=ev.blocks.pos)
             if return_state:
-                new_mem = self._memory_state(table_k, table_v, mem_end, pend_end, f, f_prev0, g_stream)
+                new_mem = self._memory_state(table_k, table_v, ev, f, f_prev0, g_stream)
         # 5. one softmax over [store | eidetic | fading | raw window]
         if store is not None:  # each query block reads the store as it stood after the previous chunk
-            mem_kw["extra"] = self._store_read(store, q, t0, evictions, table_k, table_v)
+            mem_kw["extra"] = self._store_read(store, q, t0, ev, table_k, table_v)
         elif own_store:
-            mem_kw["extra"] = self._store_from_evictions(q, table_k, table_v, evictions)
+            mem_kw["extra"] = self._store_from_evictions(q, table_k, table_v, ev)
         explicit = self.trace is not None or "extra" in mem_kw
         attn = window_attention_shares if explicit else WINDOW_ATTN[self.impl]
         o = attn(q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start,
@@ -188,7 +181,7 @@ class BMojoMixer(StoreReads, Attention):
         if self.trace is not None:  # inspection (bmojo.eval.inspect): record what the layer did
             self.trace.update(shares={name: sh.mean(-1) for name, sh in shares.items()},  # (B, T), head mean
                               scores=innovation if M > 0 else None,
-                              memory_positions=torch.cat([blocks.pos.flatten(1), mem_end.pos], 1) if M > 0 else None)
+                              memory_positions=torch.cat([ev.blocks.pos.flatten(1), ev.memory.pos], 1) if M > 0 else None)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
             y = y + f
@@ -213,23 +206,35 @@ class BMojoMixer(StoreReads, Attention):
         g_stream = torch.cat([g_hist, gate], 1)
         return vs * torch.sigmoid(g_stream)[..., None, None], g_stream
 
-    def _memory_state(self, table_k, table_v, mem: Entries, pend: Entries, f, f_prev0, g_stream) -> MemoryState:
-        B, C = mem.prio.shape[0], self.chunk
-        bi = torch.arange(B, device=table_k.device)[:, None]
-        src = mem.src.clamp(min=0)
-        n = pend.prio.shape[1]
-        pend_prio = torch.full((B, C), float("-inf"), device=table_k.device)
-        pend_pos = torch.full((B, C), -1, dtype=torch.long, device=table_k.device)
-        pend_prio[:, :n], pend_pos[:, :n] = pend.prio, pend.pos
+    def _memory_table(self, ks, vs_mem, state, k_start, t0):
+        """The key/value table the memory's `src` indexes: [the state's M memory slots | the raw stream from
+        k_start], and the memory and pending candidates as Entries into it."""
+        B, M, n = ks.shape[0], self.memory_size, t0 % self.chunk
+        if state is None:
+            return (torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1),
+                    torch.cat([vs_mem.new_zeros(B, M, *vs_mem.shape[2:]), vs_mem], 1),
+                    Entries.empty(B, M, ks.device), Entries.empty(B, 0, ks.device))
+        mem = state.mem
+        slots = torch.arange(M, device=ks.device).expand(B, M)
+        pend_pos = mem.pend_pos[:, :n]
+        return (torch.cat([mem.k, ks], 1), torch.cat([mem.v, vs_mem], 1), Entries(mem.score, mem.pos, slots),
+                Entries(mem.pend_score[:, :n], pend_pos, M + pend_pos - k_start))
+
+    def _memory_state(self, table_k, table_v, ev, f, f_prev0, g_stream) -> MemoryState:
+        B, C, dev = table_k.shape[0], self.chunk, table_k.device
+        n = ev.pending.pos.shape[1]
+        pend_score = torch.full((B, C), float("-inf"), device=dev)
+        pend_pos = torch.full((B, C), -1, dtype=torch.long, device=dev)
+        pend_score[:, :n], pend_pos[:, :n] = ev.pending.score, ev.pending.pos
         f_prev = None
         if self.uses_f_prev:
             f_prev = f[:, -1] if f.shape[1] > 0 else f_prev0
         pend_gate = None
         if g_stream is not None:
-            pend_gate = torch.zeros(B, C, device=table_k.device, dtype=g_stream.dtype)
-            pend_gate[:, :n] = g_stream[bi, pend.src - self.memory_size]
-        return MemoryState(table_k[bi, src], table_v[bi, src], mem.prio, mem.pos, pend_prio, pend_pos, f_prev,
-                           pend_gate)
+            pend_gate = torch.zeros(B, C, device=dev, dtype=g_stream.dtype)
+            pend_gate[:, :n] = g_stream.gather(1, ev.pending.src - self.memory_size)
+        return MemoryState(gather_rows(table_k, ev.memory.src), gather_rows(table_v, ev.memory.src), ev.memory.score,
+                           ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, x_t, state):
@@ -266,35 +271,36 @@ class BMojoMixer(StoreReads, Attention):
                 g = self.gate(x_t)[:, 0]
                 state.mem.pend_gate[:, n] = g
                 score = score + g
-            state.mem.pend_prio[:, n] = score
-            state.mem.pend_pos[:, n] = i
             if n == C - 1:
-                self._merge_step(state)
+                self._merge_step(state, score)
+            else:
+                state.mem.pend_score[:, n] = score
+                state.mem.pend_pos[:, n] = i
         state.pos += 1
         return y, state
 
-    def _merge_step(self, state):
-        """End of a chunk in recurrent mode: the chunk's tokens (still in the raw ring) compete with the memory."""
+    def _merge_step(self, state, score):
+        """The chunk's last token (score (B,)): the chunk's tokens (still in the raw ring) compete with the memory
+        (the same op as the parallel mode, over one chunk)."""
         mem, M, B, C = state.mem, self.memory_size, state.k.shape[0], self.chunk
         dev = mem.k.device
-        bi = torch.arange(B, device=dev)[:, None]
-        slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens
-        cand_k, cand_v = state.k[bi, slots], state.v[bi, slots]
+        slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens (the last one just written)
+        slots[:, C - 1] = state.pos % self.window
+        cand_k, cand_v = gather_rows(state.k, slots), gather_rows(state.v, slots)
         if self.gate is not None:
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
-        cur = Entries(mem.prio, mem.pos, torch.arange(M, device=dev).expand(B, M))
-        cand = Entries(mem.pend_prio, mem.pend_pos, M + torch.arange(C, device=dev).expand(B, C))
-        new, lost = memory_update(cur, cand, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk,
-                                  evicted=True)
-        src = new.src.clamp(min=0)
+        pend = Entries(mem.pend_score[:, :C - 1], mem.pend_pos[:, :C - 1], M + torch.arange(C - 1, device=dev).expand(B, -1))
+        ev = eidetic_memory(score[:, None], start=state.pos, chunk=C, pending=pend, src_offset=M + C - 1,
+                            memory=Entries(mem.score, mem.pos, torch.arange(M, device=dev).expand(B, M)),
+                            rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
         pool_k, pool_v = torch.cat([mem.k, cand_k], 1), torch.cat([mem.v, cand_v], 1)
         if state.store is not None:
-            self._store_add(state.store, lost, pool_k, pool_v, state.pos - C + 1)
-        mem.k.copy_(pool_k[bi, src])
-        mem.v.copy_(pool_v[bi, src])
-        mem.prio.copy_(new.prio)
-        mem.pos.copy_(new.pos)
-        mem.pend_prio.fill_(float("-inf"))
+            self._store_add(state.store, ev, 0, pool_k, pool_v, state.pos - C + 1)
+        mem.k.copy_(gather_rows(pool_k, ev.memory.src))
+        mem.v.copy_(gather_rows(pool_v, ev.memory.src))
+        mem.score.copy_(ev.memory.score)
+        mem.pos.copy_(ev.memory.pos)
+        mem.pend_score.fill_(float("-inf"))
         mem.pend_pos.fill_(-1)
 
     def init_state(self, batch, device=None, dtype=None, capacity=None) -> BMojoState:

@@ -14,13 +14,15 @@ import torch
 
 
 class StoreReads:
-    def _store_add(self, store, lost, keys, values, chunk_start):
-        """Send the pool entries that lost the update of the chunk starting at position `chunk_start` (src indexing
-        keys/values (B, n, Hk, Dh)) to the store: all of them, or with StoreConfig.admit="memory" those that were in
-        the memory (older than the chunk, whose own tokens are the update's candidates)."""
+    def _store_add(self, store, ev, update, keys, values, chunk_start):
+        """Send the pool entries of `ev` (bmojo.ops.eidetic.EideticOut) that lost update `update`, of the chunk
+        starting at position `chunk_start` (src indexing keys/values (B, n, Hk, Dh)), to the store: all of them, or
+        with StoreConfig.admit="memory" those that were in the memory (older than the chunk, whose own tokens are
+        the update's candidates)."""
+        lost = ev.pool
         bi = torch.arange(keys.shape[0], device=keys.device)[:, None]
         k, v = keys[bi, lost.src.clamp(min=0)], values[bi, lost.src.clamp(min=0)]
-        keep = lost.pos >= 0
+        keep = ev.evicted_at == update
         if store.store.cfg.admit == "memory":
             keep = keep & (lost.pos < chunk_start)
         for row in range(keys.shape[0]):
@@ -62,23 +64,24 @@ class StoreReads:
             return store.search(0, q.detach(), (i,), self.window, store.store.cfg.topk)
         return tuple(t[:, 0] for t in self._store_search(store, q[:, None], (i,)))
 
-    def _store_read(self, store, q, t0, evictions, table_k, table_v):
+    def _store_read(self, store, q, t0, ev, table_k, table_v):
         """Parallel mode: query block b reads the store after the updates before it; the updates' losers are
         added as the blocks advance (and those of a final complete update after the last block)."""
         B, T = q.shape[:2]
         C = self.chunk
         a0 = t0 - t0 % C
         parts = []
-        for b in range((t0 % C + T + C - 1) // C):
+        nb = ev.blocks.pos.shape[1]
+        for b in range(nb):
             if b > 0:
-                self._store_add(store, evictions[b - 1], table_k, table_v, a0 + (b - 1) * C)
+                self._store_add(store, ev, b - 1, table_k, table_v, a0 + (b - 1) * C)
             lo, hi = max(a0 + b * C, t0), min(a0 + (b + 1) * C, t0 + T)
             parts.append(self._store_search(store, q[:, lo - t0:hi - t0], torch.arange(lo, hi)))
-        if len(evictions) == len(parts):  # the last chunk completed: its update's losers go in too
-            self._store_add(store, evictions[-1], table_k, table_v, a0 + (len(parts) - 1) * C)
+        if (t0 + T) % C == 0 and nb:  # the last chunk completed: its update's losers go in too
+            self._store_add(store, ev, nb - 1, table_k, table_v, a0 + (nb - 1) * C)
         return tuple(torch.cat(x, 1) for x in zip(*parts))
 
-    def _store_from_evictions(self, q, table_k, table_v, evictions):
+    def _store_from_evictions(self, q, table_k, table_v, ev):
         """Training (`train_store_topk`, a forward from position 0): the store a fresh sequence builds, i.e. the
         entries lost by each memory update, searched exactly as `LayerIndex.search` does (query i of block b
         sees the losers of updates 0 .. b-1 at positions <= i - W; top-k per head by q.k), with gradients
@@ -88,9 +91,9 @@ class StoreReads:
         Hk, n = table_k.shape[2], table_k.shape[1]  # table: [M empty slots | the stream from position 0]
         G = H // Hk
         bi = torch.arange(B, device=q.device)[:, None]
-        added = torch.full((B, n + 1), len(evictions), dtype=torch.long, device=q.device)  # the update that lost it
-        for u, lost in enumerate(evictions):
-            added[bi, torch.where(lost.pos >= 0, lost.src, n)] = u  # empty slots write to the scratch column n
+        added = torch.full((B, n + 1), T, dtype=torch.long, device=q.device)  # the update that lost it (T: none)
+        lost = ev.evicted_at >= 0
+        added[bi, torch.where(lost, ev.pool.src, n)] = torch.where(lost, ev.evicted_at, T)  # others: scratch column
         added = added[:, :n]
         pos = torch.arange(n, device=q.device) - M
         kt = table_k.detach().permute(0, 2, 3, 1)  # (B, Hk, Dh, n)

@@ -5,7 +5,7 @@
 
 Shapes: x (B, T, H, P); dt (B, T, H) positive; A (H,) negative; B, C (B, T, G, N) with G dividing H
 (head h reads group h // (H // G)); D (H,).  The fast path computes each chunk with matrix multiplies
-and passes states between chunks with a short loop, so its cost is linear in T.
+and passes states between chunks with one segment-sum product (no Python loop; (T/L)^2 tiny terms).
 """
 from __future__ import annotations
 
@@ -54,39 +54,39 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
-    """Chunked SSD (matrix form inside chunks, a loop over chunks).  Same signature as the reference."""
+    """Chunked SSD: matrix form inside chunks, and one segment-sum product passes states between chunks (no
+    loop).  Same signature as the reference.  Decays are computed in float32 and cast to x's dtype for the
+    products, so bf16 / fp16 inputs work and keep their dtype."""
     Bsz, T, H, P = x.shape
-    N = B.shape[-1]
-    L = chunk
+    N, L, dtype = B.shape[-1], chunk, x.dtype
     pad = (-T) % L
     if pad:  # dt = 0 on padding: decay 1 and no input, so states and outputs are unchanged
         x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     nc = x.shape[1] // L
-    Bh, Ch = _expand_groups(B, H), _expand_groups(C, H)
-    xdt = x * dt.unsqueeze(-1)
+    Bh, Ch = _expand_groups(B, H).to(dtype), _expand_groups(C, H).to(dtype)
+    xdt = x * dt.unsqueeze(-1).to(dtype)
     # 1. split into chunks
     xdt_c = xdt.view(Bsz, nc, L, H, P)
     B_c, C_c = Bh.view(Bsz, nc, L, H, N), Ch.view(Bsz, nc, L, H, N)
-    A_dt = (dt * A).view(Bsz, nc, L, H).permute(0, 3, 1, 2)  # (B, H, nc, L)
+    A_dt = (dt.float() * A.float()).view(Bsz, nc, L, H).permute(0, 3, 1, 2)  # (B, H, nc, L) float32
     A_cs = A_dt.cumsum(-1)
     # 2. outputs from inputs of the same chunk (the diagonal blocks)
-    decay_in = torch.exp(segsum(A_dt))  # (B, H, nc, L, L)
+    decay_in = torch.exp(segsum(A_dt)).to(dtype)  # (B, H, nc, L, L)
     scores = torch.einsum("bclhn,bcshn->bhcls", C_c, B_c) * decay_in
     y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt_c)
     # 3. each chunk's contribution to the state at its end
-    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, H, nc, L)
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs).to(dtype)  # (B, H, nc, L)
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_c, decay_to_end, xdt_c)
-    # 4. pass states between chunks (linear loop over nc)
-    h = initial_state if initial_state is not None else x.new_zeros(Bsz, H, P, N)
-    chunk_decay = torch.exp(A_cs[..., -1]).permute(2, 0, 1)  # (nc, B, H)
-    starts = []
-    for dec, st in zip(chunk_decay.unbind(0), chunk_states.unbind(1)):
-        starts.append(h)
-        h = dec[..., None, None] * h + st
-    starts = torch.stack(starts, dim=1)  # (B, nc, H, P, N): state entering each chunk
+    # 4. the state entering each chunk: h_c = sum_{c' < c} exp(sum_{c' < k < c} a_k) s_c' (plus the initial
+    # state, as chunk -1), with a_k = the log decay over chunk k: one product with exp(segsum) over chunks
+    h0 = initial_state if initial_state is not None else x.new_zeros(Bsz, H, P, N)
+    states = torch.cat([h0[:, None].to(dtype), chunk_states], 1)  # (B, nc + 1, H, P, N)
+    decay_chunks = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0)))).to(dtype)  # (B, H, nc + 1, nc + 1)
+    entering = torch.einsum("bhzc,bchpn->bzhpn", decay_chunks, states)  # (B, nc + 1, H, P, N)
+    starts, h = entering[:, :-1], entering[:, -1]
     # 5. outputs from the state entering the chunk
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, starts, torch.exp(A_cs))
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, starts, torch.exp(A_cs).to(dtype))
     y = (y_diag + y_off).reshape(Bsz, nc * L, H, P)[:, :T]
     if D is not None:
-        y = y + x[:, :T] * D[:, None]
+        y = y + x[:, :T] * D[:, None].to(dtype)
     return y, (h if output_final_state else None)

@@ -9,7 +9,7 @@ from bmojo.layers.bmojo import BMojoMixer
 from bmojo.ops.attention import window_attention, window_attention_ref
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_ref
 from bmojo.ops.scan import selective_scan, selective_scan_ref
-from bmojo.ops.selection import Entries, select_memory
+from bmojo.ops.eidetic import Entries, eidetic_memory
 from bmojo.ops.ssd import ssd_chunked, ssd_ref
 from bmojo.bmojo_minimal import prefix_topk_memory
 from tests.helpers import assert_close, randomise_extras, seeded, tiny
@@ -89,8 +89,8 @@ def test_causal_conv_fast_equals_reference(T, K, D, seed):
 def test_chunk_loop_memory_equals_prefix_topk(T, chunk, M, seed):
     """With decay 1, the memory each block sees is the top-M of every earlier chunk (DESIGN section 3)."""
     scores = torch.rand(2, T, generator=seeded(seed))
-    blocks, _, _ = select_memory(scores, start=0, chunk=chunk, mem=Entries.empty(2, M, "cpu"),
-                                 pending=Entries.empty(2, 0, "cpu"), src_offset=0)
+    blocks = eidetic_memory(scores, start=0, chunk=chunk, memory=Entries.empty(2, M, "cpu"),
+                            pending=Entries.empty(2, 0, "cpu"), src_offset=0).blocks
     oracle = prefix_topk_memory(scores, chunk, M)  # (B, T, T): key j in the memory of query i
     for i in range(T):
         pos = blocks.pos[:, i // chunk]
