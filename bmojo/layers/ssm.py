@@ -89,7 +89,7 @@ class Mamba1Mixer(_SSMBase):
         y, h = SCAN[self.impl](xs, dt, A, B, C, self.D, state.h if state is not None else None,
                                return_state)
         out = self.out_proj(y * F.silu(z))
-        return out, (SSMState(conv_state, h) if return_state else None)
+        return out, (SSMState(conv_state, h.to(x.dtype)) if return_state else None)  # the state follows the model
 
     def step(self, x_t, state):
         check_call(self, x_t, state, rank=2)
@@ -144,7 +144,7 @@ class Mamba2Mixer(_SSMBase):
                               B.view(Bsz, T, self.n_groups, self.d_state), C.view(Bsz, T, self.n_groups, self.d_state),
                               self.D, state.h if state is not None else None, return_state, **kw)
         out = self.out_proj(self.norm(y.reshape(Bsz, T, self.d_inner), z))
-        return out, (SSMState(conv_state, h) if return_state else None)
+        return out, (SSMState(conv_state, h.to(x.dtype)) if return_state else None)  # the state follows the model
 
     def step(self, x_t, state):
         check_call(self, x_t, state, rank=2)
