@@ -34,7 +34,7 @@ def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor
         end = (i // chunk) * chunk
         if end == 0 or M == 0:
             continue
-        # top-M, ties to the earlier position (as bmojo.ops.selection.top; topk's tie order varies by device)
+        # top-M, ties to the earlier position (as bmojo.ops.eidetic; topk's tie order varies by device)
         idx = scores[:, :end].argsort(dim=1, descending=True, stable=True)[:, :min(M, end)]  # (B, m)
         in_mem[torch.arange(B)[:, None], i, idx] = True
     return in_mem
@@ -84,11 +84,11 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         assert mixer.rule == "topk" and mixer.decay == 1.0, "the oracle covers top-k memory without decay"
         f_prev = torch.cat([torch.zeros_like(x[:, :1]), f[:, :-1]], 1) if f is not None else None
         if mixer.selector == "innovation":
-            scores = (x - f_prev @ mixer.predictor.weight.t()).pow(2).mean(-1)
+            scores = (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)
         elif mixer.selector == "norm":
             scores = (x - f_prev).pow(2).mean(-1)
         else:
-            from bmojo.ops.selection import position_scores
+            from bmojo.layers.scorers.position import position_scores
             scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
         if getattr(mixer, "gate", None) is not None:  # learned selection gate
             g = mixer.gate(x)[..., 0]

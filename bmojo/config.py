@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from bmojo.ops.eidetic import MEMORY_RULES
-from bmojo.ops.selection import SELECTORS
+from bmojo.layers.scorers import SELECTORS
 
 LAYER_KINDS = {
     "A": "full causal attention",

@@ -39,13 +39,11 @@ def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> d
     try:
         with tempfile.TemporaryDirectory(prefix="bmojo-inspect-") as tmp:
             store = Store.for_model(Path(tmp) / "store", model, cfg=store_cfg) if with_store else None
-            for _, m in mixers:
-                m.trace = {}
-            model(ids[None], model.init_state(1, ids.device, store=store), return_state=True)
+            out = model(ids[None], model.init_state(1, ids.device, store=store), return_state=True, record=True)
             layers = []
             T = ids.shape[0]
             for i, m in mixers:
-                tr = m.trace
+                tr = out.records[i]
                 in_mem, in_store = torch.zeros(T, dtype=torch.bool), torch.zeros(T, dtype=torch.bool)
                 if tr["memory_positions"] is not None:
                     pos = tr["memory_positions"][0]
@@ -60,8 +58,6 @@ def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> d
             if store is not None:
                 store.close()
     finally:
-        for _, m in mixers:
-            m.trace = None
         model.train(was_training)
     return {"tokens": token_text, "layers": layers,
             "config": {k: model.cfg.to_dict()[k] for k in ("pattern", "window", "chunk", "memory_size", "selector")}}

@@ -7,10 +7,10 @@
   entries stored before its chunk at positions <= i-W.
   y = Wo o  (+ f with ssm_residual)
 
-Eidetic memory: tokens are scored by an innovation test s_t = ||x_t - P f_{t-1}||^2 / D (or a baseline
-scorer), and once per chunk of C tokens the memory keeps the M candidates of highest priority
-(bmojo.ops.selection).  P is trained only by its own auxiliary loss on detached inputs
-(`self.aux_loss` after a training forward), so it never changes the main gradients.
+Eidetic memory: tokens are scored (bmojo.layers.scorers: the innovation test s_t = ||x_t - P f_{t-1}||^2 / D or a
+baseline), and once per chunk of C tokens the memory keeps the M candidates of highest priority (bmojo.ops.eidetic,
+one op without a loop).  P is trained only by its own auxiliary loss on detached inputs, returned with the output
+(`MixerOutput.aux_loss`), so it never changes the main gradients.
 `memory_size=0` gives B'MOJO-F; `fading=False, memory_size=0` gives sliding-window attention.
 Long-term store (bmojo.memory): with a store in the state, the tokens that leave the memory go there and each
 query also reads its top-k entries; `train_store_topk` makes a training forward read the store its own
@@ -26,12 +26,12 @@ import torch.nn as nn
 from bmojo.config import ModelConfig
 from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_from_stream, ring_positions, ring_read
 from bmojo.layers.ssm import SSMState, make_ssm
-from bmojo.layers.state import LayerState, check_call
+from bmojo.layers.scorers import make_scorer
+from bmojo.layers.state import LayerState, MixerOutput, check_call
 from bmojo.layers.store_reads import StoreReads
 from bmojo.ops.attention import attend, window_attention_shares
 from bmojo.ops.rope import apply_rope
-from bmojo.ops.eidetic import Entries, eidetic_memory
-from bmojo.ops.selection import innovation_scores, position_scores
+from bmojo.ops.eidetic import EideticOut, Entries, eidetic_memory
 
 
 @dataclass
@@ -62,6 +62,31 @@ def gather_rows(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return out.view(*src.shape, *table.shape[2:])
 
 
+@dataclass
+class _Eidetic:
+    """One parallel call's eidetic memory: the op's output, the key/value table its `src` indexes, the scores."""
+
+    ev: EideticOut
+    table_k: torch.Tensor  # (B, M + stream, Hk, Dh)
+    table_v: torch.Tensor
+    scores: torch.Tensor  # (B, T) the scorer's (without the gate)
+    aux_loss: torch.Tensor | None
+    f_prev0: torch.Tensor
+    g_stream: torch.Tensor | None
+
+    def attention_kw(self) -> dict:
+        src = self.ev.blocks.src
+        return dict(mem_k=gather_rows(self.table_k, src), mem_v=gather_rows(self.table_v, src),
+                    mem_pos=self.ev.blocks.pos)
+
+
+def _rename_predictor(state_dict, prefix, *args):
+    """Checkpoints from before the scorer module name the innovation predictor `predictor.weight`."""
+    old = prefix + "predictor.weight"
+    if old in state_dict:
+        state_dict[prefix + "scorer.predictor.weight"] = state_dict.pop(old)
+
+
 class BMojoMixer(StoreReads, Attention):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0, memory: bool = True, impl: str = "fast"):
         super().__init__(cfg, window=cfg.window, impl=impl)
@@ -72,24 +97,19 @@ class BMojoMixer(StoreReads, Attention):
         self.rule, self.decay, self.per_chunk = cfg.memory_rule, cfg.memory_decay, cfg.fifo_per_chunk
         self.train_store_topk = cfg.train_store_topk if self.memory_size > 0 else 0
         self.ssm_residual = cfg.ssm_residual
-        self.uses_f_prev = self.memory_size > 0 and self.selector in ("innovation", "norm")
+        self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
+        self.uses_f_prev = self.scorer is not None and self.scorer.uses_f_prev
         self.ssm = make_ssm(cfg, impl) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
         if not cfg.tie_fading and self.fading:
             Hk, Dh = cfg.kv_heads, cfg.head_dim
             self.fk_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
             self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
-        self.predictor = None
-        if self.memory_size > 0 and self.selector == "innovation":
-            self.predictor = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-            self.predictor._no_reinit = True
-            nn.init.zeros_(self.predictor.weight)
         self.gate = None
         if self.memory_size > 0 and cfg.selection_gate:
             self.gate = nn.Linear(cfg.d_model, 1, bias=False)  # a bias would shift every priority alike
             self.gate._no_reinit = True
             nn.init.zeros_(self.gate.weight)
-        self.aux_loss: torch.Tensor | None = None
-        self.trace: dict | None = None  # a dict turns on recording (parallel mode); see bmojo.eval.inspect
+        self._register_load_state_dict_pre_hook(_rename_predictor)
 
     # ---- fading tokens ----------------------------------------------------------------------------------
     def _fading_kv(self, f, cos, sin):
@@ -101,98 +121,100 @@ class BMojoMixer(StoreReads, Attention):
 
     # ---- eidetic scores ---------------------------------------------------------------------------------
     def _scores(self, x, f, f_prev0, t0):
-        """x, f (B, T, D) -> scores (B, T) of tokens t0 .. t0+T-1 (no gradient), and sets self.aux_loss."""
-        B, T, _ = x.shape
-        if self.selector in ("random", "recency"):
-            pos = torch.arange(t0, t0 + T, device=x.device)
-            return position_scores(self.selector, pos, B, seed=self.layer_idx)
-        f_prev = torch.cat([f_prev0[:, None].to(f.dtype), f[:, :-1]], dim=1).detach()  # (B, T, D): f_{t-1}
-        u = x.detach()
-        pred = self.predictor(f_prev) if self.predictor is not None else f_prev  # P f_{t-1}, computed once
-        if self.predictor is not None and self.training:
-            self.aux_loss = (u - pred).pow(2).mean()
-        with torch.no_grad():
-            return innovation_scores(u, pred.detach())
+        """x, f (B, T, D) -> scores (B, T) of tokens t0 .. t0+T-1 (no gradient) and the scorer's aux loss."""
+        f_prev = None
+        if self.uses_f_prev:
+            f_prev = torch.cat([f_prev0[:, None].to(f.dtype), f[:, :-1]], dim=1)  # (B, T, D): f_{t-1}
+        return self.scorer(x, f_prev, torch.arange(t0, t0 + x.shape[1], device=x.device))
 
     def _score_step(self, x_t, f_t, state):
-        if self.selector in ("random", "recency"):
-            return position_scores(self.selector, torch.tensor([state.pos], device=x_t.device),
-                                   x_t.shape[0], seed=self.layer_idx)[:, 0]
-        P = self.predictor.weight if self.predictor is not None else None
-        s = innovation_scores(x_t[:, None], state.mem.f_prev[:, None].to(x_t.dtype), P)[:, 0]
-        state.mem.f_prev.copy_(f_t)
-        return s
+        f_prev = state.mem.f_prev[:, None] if self.uses_f_prev else None
+        s, _ = self.scorer(x_t[:, None], f_prev, torch.tensor([state.pos], device=x_t.device))
+        if self.uses_f_prev:
+            state.mem.f_prev.copy_(f_t)
+        return s[:, 0]
 
     # ---- parallel mode ----------------------------------------------------------------------------------
-    def forward(self, x, state=None, return_state=True):
+    def forward(self, x, state=None, return_state=True, record=False) -> MixerOutput:
+        """x (B, T, D) -> MixerOutput (y (B, T, D), state; aux_loss: the scorer's; record: with record=True,
+        the attention shares, scores and memory positions, computed beside the kernel, never instead of it)."""
         check_call(self, x, state)
         B, T, D = x.shape
-        W, C, M = self.window, self.chunk, self.memory_size
         t0 = state.pos if state is not None else 0
-        store = state.store if (state is not None and M > 0) else None
-        own_store = store is None and state is None and self.training and self.train_store_topk > 0
-        self.aux_loss = None
         # 1. attention input and fading memory (the SSM reads the layer input)
         a, conv_state = self._attn_input(x, state, return_state)
-        f, ssm_state = (None, None)
-        if self.ssm is not None:
-            f, ssm_state = self.ssm(x, state.ssm if state is not None else None, return_state)
-        # 2. raw tokens: projections, RoPE, and the window's history from the state
+        f, ssm_state = self.ssm(x, state.ssm if state is not None else None, return_state) if self.ssm else (None, None)
+        # 2. raw tokens: q, k, v with RoPE; the window's history from the state
         cos, sin = self._rope(t0, T, x.device, x.dtype)
         q, k, v = self._qkv(a, cos, sin)  # (B, T, H|Hk, Dh)
         ks, vs, k_start = self._raw_stream(k, v, state, t0)
-        # 3. fading tokens, with their own delay line of 2W
-        fks = fvs = None
-        f_start = t0
-        if self.fading:
-            fk, fv = self._fading_kv(f, cos, sin)
-            fks, fvs = fk, fv
-            if state is not None:
-                hk, f_start = ring_read(state.fk, t0, 2 * W)
-                hv, _ = ring_read(state.fv, t0, 2 * W)
-                fks, fvs = torch.cat([hk, fk], 1), torch.cat([hv, fv], 1)
-        # 4. eidetic memory: scores, the memory update (bmojo.ops.eidetic), each query block's entries
-        mem_kw, new_mem, ev = {}, None, None
-        if M > 0:
-            f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, D)
-            scores = innovation = self._scores(x, f, f_prev0, t0)
-            gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained via memory values
-            if gate is not None:
-                scores = scores + gate.detach()
-            vs_mem, g_stream = self._gated_values(vs, gate, state, t0, k_start)
-            table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0)
-            ev = eidetic_memory(scores, start=t0, chunk=C, memory=mem0, pending=pend, src_offset=M + t0 - k_start,
-                                rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
-            mem_kw = dict(mem_k=gather_rows(table_k, ev.blocks.src), mem_v=gather_rows(table_v, ev.blocks.src),
-                          mem_pos=ev.blocks.pos)
-            if return_state:
-                new_mem = self._memory_state(table_k, table_v, ev, f, f_prev0, g_stream)
-        # 5. one softmax over [store | eidetic | fading | raw window]
-        if store is not None:  # each query block reads the store as it stood after the previous chunk
-            mem_kw["extra"] = self._store_read(store, q, t0, ev, table_k, table_v)
-        elif own_store:
-            mem_kw["extra"] = self._store_from_evictions(q, table_k, table_v, ev)
-        explicit = self.trace is not None or "extra" in mem_kw
-        attn = window_attention_shares if explicit else WINDOW_ATTN[self.impl]
-        o = attn(q, ks, vs, W, chunk=C, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start,
-                 scale=self.scale, **mem_kw)
-        if explicit:
-            o, shares = o
-        if self.trace is not None:  # inspection (bmojo.eval.inspect): record what the layer did
-            self.trace.update(shares={name: sh.mean(-1) for name, sh in shares.items()},  # (B, T), head mean
-                              scores=innovation if M > 0 else None,
-                              memory_positions=torch.cat([ev.blocks.pos.flatten(1), ev.memory.pos], 1) if M > 0 else None)
+        # 3. fading tokens fk, fv = Wk f, Wv f, with their own delay line of 2W
+        fks, fvs, f_start = self._fading_stream(f, cos, sin, state, t0)
+        # 4. eidetic memory: scores -> the memory update (bmojo.ops.eidetic) -> each query block's entries
+        mem = self._eidetic(x, f, vs, ks, state, t0, k_start) if self.memory_size > 0 else None
+        # 5. the long-term store's top-k for each query, as one more key segment
+        extra = self._store_entries(q, state, t0, mem) if mem is not None else None
+        # 6. one softmax over [store | eidetic | fading | raw window]
+        kw = dict(chunk=self.chunk, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start, scale=self.scale,
+                  extra=extra, **(mem.attention_kw() if mem is not None else {}))
+        o = WINDOW_ATTN[self.impl](q, ks, vs, self.window, **kw)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
             y = y + f
+        rec = self._record(q, ks, vs, kw, mem) if record else None
+        aux = mem.aux_loss if mem is not None else None
         if not return_state:
-            return y, None
+            return MixerOutput(y, None, aux, rec)
         raw = self._raw_state(ks, vs, k_start, t0 + T, conv_state, state)
-        fk_ring = fv_ring = None
-        if self.fading:
-            fk_ring = ring_from_stream(fks, f_start, t0 + T, 2 * W)
-            fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * W)
-        return y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem, store)
+        fk_ring = ring_from_stream(fks, f_start, t0 + T, 2 * self.window) if self.fading else None
+        fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * self.window) if self.fading else None
+        new_mem = self._memory_state(mem, f) if mem is not None else None
+        return MixerOutput(y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem,
+                                         state.store if state is not None else None), aux, rec)
+
+    def _fading_stream(self, f, cos, sin, state, t0):
+        """Fading keys/values of the new tokens after the state's delay line of 2W, and the first position held."""
+        if not self.fading:
+            return None, None, t0
+        fk, fv = self._fading_kv(f, cos, sin)
+        if state is None:
+            return fk, fv, t0
+        hk, f_start = ring_read(state.fk, t0, 2 * self.window)
+        hv, _ = ring_read(state.fv, t0, 2 * self.window)
+        return torch.cat([hk, fk], 1), torch.cat([hv, fv], 1), f_start
+
+    def _eidetic(self, x, f, vs, ks, state, t0, k_start) -> "_Eidetic":
+        """Scores (plus the gate), the memory update over the key/value table, and what attention reads."""
+        B, M = x.shape[0], self.memory_size
+        f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, self.d_model)
+        scores, aux = self._scores(x, f, f_prev0, t0)
+        innovation = scores
+        gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained via memory values
+        if gate is not None:
+            scores = scores + gate.detach()
+        vs_mem, g_stream = self._gated_values(vs, gate, state, t0, k_start)
+        table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0)
+        ev = eidetic_memory(scores, start=t0, chunk=self.chunk, memory=mem0, pending=pend,
+                            src_offset=M + t0 - k_start, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
+        return _Eidetic(ev, table_k, table_v, innovation, aux, f_prev0, g_stream)
+
+    def _store_entries(self, q, state, t0, mem):
+        """Per-query (keys, values, visible) from the long-term store, or None: the state's store (each query block
+        reads it as it stood after the previous chunk), or in training with `train_store_topk` the store a fresh
+        sequence's own evictions build."""
+        if state is not None and state.store is not None:
+            return self._store_read(state.store, q, t0, mem.ev, mem.table_k, mem.table_v)
+        if state is None and self.training and self.train_store_topk > 0:
+            return self._store_from_evictions(q, mem.table_k, mem.table_v, mem.ev)
+        return None
+
+    def _record(self, q, ks, vs, kw, mem):
+        """Inspection: where each query's attention went, from an explicit softmax beside the kernel."""
+        _, shares = window_attention_shares(q, ks, vs, self.window, **kw)
+        return {"shares": {name: sh.mean(-1) for name, sh in shares.items()},  # (B, T), head mean
+                "scores": mem.scores if mem is not None else None,
+                "memory_positions": torch.cat([mem.ev.blocks.pos.flatten(1), mem.ev.memory.pos], 1)
+                if mem is not None else None}
 
     def _gated_values(self, vs, gate, state, t0, k_start):
         """Values as stored in memory: scaled by sigmoid(gate) when the selection gate is on.  The gate
@@ -220,7 +242,8 @@ class BMojoMixer(StoreReads, Attention):
         return (torch.cat([mem.k, ks], 1), torch.cat([mem.v, vs_mem], 1), Entries(mem.score, mem.pos, slots),
                 Entries(mem.pend_score[:, :n], pend_pos, M + pend_pos - k_start))
 
-    def _memory_state(self, table_k, table_v, ev, f, f_prev0, g_stream) -> MemoryState:
+    def _memory_state(self, mem: "_Eidetic", f) -> MemoryState:
+        ev, table_k, table_v = mem.ev, mem.table_k, mem.table_v
         B, C, dev = table_k.shape[0], self.chunk, table_k.device
         n = ev.pending.pos.shape[1]
         pend_score = torch.full((B, C), float("-inf"), device=dev)
@@ -228,11 +251,11 @@ class BMojoMixer(StoreReads, Attention):
         pend_score[:, :n], pend_pos[:, :n] = ev.pending.score, ev.pending.pos
         f_prev = None
         if self.uses_f_prev:
-            f_prev = f[:, -1] if f.shape[1] > 0 else f_prev0
+            f_prev = f[:, -1] if f.shape[1] > 0 else mem.f_prev0
         pend_gate = None
-        if g_stream is not None:
-            pend_gate = torch.zeros(B, C, device=dev, dtype=g_stream.dtype)
-            pend_gate[:, :n] = g_stream.gather(1, ev.pending.src - self.memory_size)
+        if mem.g_stream is not None:
+            pend_gate = torch.zeros(B, C, device=dev, dtype=mem.g_stream.dtype)
+            pend_gate[:, :n] = mem.g_stream.gather(1, ev.pending.src - self.memory_size)
         return MemoryState(gather_rows(table_k, ev.memory.src), gather_rows(table_v, ev.memory.src), ev.memory.score,
                            ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate)
 

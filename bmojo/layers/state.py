@@ -60,3 +60,19 @@ def check_call(mixer, x: torch.Tensor, state, rank: int = 3) -> None:
     check_input(x, mixer.d_model, type(mixer).__name__, rank)
     if state is not None:
         check_state(state, mixer, x.shape[0])
+
+
+class MixerOutput(tuple):
+    """What a mixer's parallel call returns: it unpacks as (y, state), like every mixer's, and also carries what
+    else the call computed: `aux_loss` (a scalar to add to the training loss, or None) and `record` (with
+    forward(..., record=True): what the layer did, for inspection; else None)."""
+
+    def __new__(cls, y, state, aux_loss=None, record=None):
+        out = super().__new__(cls, (y, state))
+        out.aux_loss, out.record = aux_loss, record
+        return out
+
+    @classmethod
+    def of(cls, out) -> "MixerOutput":
+        """Any mixer's (y, state) as a MixerOutput (mixers without extras return plain tuples)."""
+        return out if isinstance(out, cls) else cls(*out)

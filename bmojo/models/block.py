@@ -8,6 +8,7 @@ from bmojo.layers.attention import Attention
 from bmojo.layers.bmojo import BMojoMixer
 from bmojo.layers.mlp import SwiGLU
 from bmojo.layers.norm import RMSNorm
+from bmojo.layers.state import MixerOutput
 from bmojo.layers.ssm import make_ssm
 
 
@@ -31,12 +32,14 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.mlp else None
         self.mlp = SwiGLU(cfg) if cfg.mlp else None
 
-    def forward(self, h, state=None, return_state=True):
-        y, state = self.mixer(self.norm(h), state, return_state)
-        h = h + y
+    def forward(self, h, state=None, return_state=True, record=False) -> MixerOutput:
+        """h (B, T, D) -> MixerOutput(h, state, aux_loss, record) (the last two from the mixer)."""
+        kw = {"record": True} if record and isinstance(self.mixer, BMojoMixer) else {}
+        out = MixerOutput.of(self.mixer(self.norm(h), state, return_state, **kw))
+        h = h + out[0]
         if self.mlp is not None:
             h = h + self.mlp(self.mlp_norm(h))
-        return h, state
+        return MixerOutput(h, out[1], out.aux_loss, out.record)
 
     def step(self, h_t, state):
         y, state = self.mixer.step(self.norm(h_t), state)

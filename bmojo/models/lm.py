@@ -43,6 +43,7 @@ class LMOutput:
     logits: torch.Tensor  # (B, T, V), or (n, V) at the positions selected by `logits_at`
     state: ModelState | None = None
     aux_loss: torch.Tensor | None = None  # innovation predictor loss (already weighted); not in the LM loss
+    records: list | None = None  # with record=True: per layer, what a B'MOJO layer did (bmojo.eval.inspect), else None
 
 
 class BMojoLM(nn.Module):
@@ -85,17 +86,23 @@ class BMojoLM(nn.Module):
 
     # ---- parallel mode ----------------------------------------------------------------------------------
     def forward(self, ids, state: ModelState | None = None, *, return_state: bool = False,
-                logits_at: torch.Tensor | None = None) -> LMOutput:
+                logits_at: torch.Tensor | None = None, record: bool = False) -> LMOutput:
         """ids (B, T) -> logits (B, T, V).  With `state`, continues from it; `return_state` hands back the
-        decode state after the last token.  `logits_at` (B, T) bool computes the head only there."""
+        decode state after the last token.  `logits_at` (B, T) bool computes the head only there.  `record`
+        returns what each B'MOJO layer did (attention shares, scores, memory) in `records`, without changing
+        which kernels run."""
         self._check_ids(ids, 2)
         if state is not None:
             self._check_state(state, ids.shape[0])
         h = self.embed(ids.long())
-        states = []
+        states, aux, records = [], [], []
         for i, block in enumerate(self.layers):
-            h, s = block(h, state.layers[i] if state is not None else None, return_state)
-            states.append(s)
+            out = block(h, state.layers[i] if state is not None else None, return_state, record)
+            h = out[0]
+            states.append(out[1])
+            records.append(out.record)
+            if out.aux_loss is not None:
+                aux.append(out.aux_loss)
         h = self.norm_f(h)
         if logits_at is not None:
             h = h[logits_at]
@@ -104,11 +111,8 @@ class BMojoLM(nn.Module):
         if return_state:
             new_state = ModelState(states, (state.pos if state is not None else 0) + ids.shape[1],
                                    self.fingerprint)
-        return LMOutput(logits, new_state, self._aux_loss())
-
-    def _aux_loss(self):
-        losses = [b.mixer.aux_loss for b in self.layers if getattr(b.mixer, "aux_loss", None) is not None]
-        return self.cfg.aux_loss_weight * torch.stack(losses).sum() if losses else None
+        aux_loss = self.cfg.aux_loss_weight * torch.stack(aux).sum() if aux else None
+        return LMOutput(logits, new_state, aux_loss, records if record else None)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, token: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:

@@ -97,10 +97,11 @@ def _frame_blocks(t, t_start, first, length, block, step):
     return blocks.transpose(2, 3), valid[idx].view(nb, block)
 
 
-def _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start, mem_k, mem_v, mem_pos):
+def _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start, mem_k, mem_v, mem_pos, extra=None):
     """The chunked path's tensors: queries in aligned blocks qb (B*nb, Hk, G*C, Dh), their key and value sets
-    (B*nb, Hk, S, Dh) laid out [memory (M) | fading (C+W-1) | raw (C+W-1)], the visibility mask
-    (B*nb, 1, G*C, S), the sizes of those key segments, and how to undo the blocking (see `_unblock`)."""
+    (B*nb, Hk, S, Dh) laid out [memory (M) | fading (C+W-1) | raw (C+W-1) | store (G*C*K, with `extra`)], the
+    visibility mask (B*nb, 1 or Hk, G*C, S), the sizes of those key segments, and how to undo the blocking
+    (see `_unblock`).  A query sees only its own K store entries: they join its block's key set under a mask."""
     Bsz, T, H, Dh = q.shape
     Hk = k.shape[2]
     G = H // Hk
@@ -135,13 +136,22 @@ def _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start, me
     # 3. the concatenated key sets.  Every kept query sees its own raw key; a fully masked row (none is
     # expected, a padded query at most) is opened to all keys, so no backend can return NaN there: its output
     # is discarded and its gradient is 0.
+    shape = (Bsz, nb, Hk, G, C, H, r, T)
     kcat = torch.cat(keys, dim=3).flatten(0, 1)  # (B*nb, Hk, S, Dh)
     vcat = torch.cat(vals, dim=3).flatten(0, 1)
     S = kcat.shape[2]
     mask = torch.cat([m.expand(Bsz, nb, 1, 1, C, m.shape[-1]) for m in vis], dim=-1)  # (B, nb, 1, 1, C, S)
     mask = mask.expand(Bsz, nb, 1, G, C, S).reshape(Bsz * nb, 1, G * C, S)
+    if extra is not None:  # 4. the store: block row (g, c) sees only its own K entries
+        ek, ev, evis = (_block_rows(t, shape) for t in extra)  # (B*nb, Hk, G*C, K[, Dh])
+        K = evis.shape[-1]
+        own = torch.eye(G * C, dtype=torch.bool, device=q.device)[None, None, :, :, None] & evis[:, :, None]
+        kcat = torch.cat([kcat, ek.flatten(2, 3)], 2)
+        vcat = torch.cat([vcat, ev.flatten(2, 3)], 2)
+        mask = torch.cat([mask.expand(-1, Hk, -1, -1), own.flatten(3, 4)], -1)  # (B*nb, Hk, G*C, S + G*C*K)
+        segs["store"] = G * C * K
     mask = mask | ~mask.any(-1, keepdim=True)
-    return qb.flatten(0, 1), kcat, vcat, mask, segs, (Bsz, nb, Hk, G, C, H, r, T)
+    return qb.flatten(0, 1), kcat, vcat, mask, segs, shape
 
 
 def _unblock(x, shape):
@@ -152,13 +162,14 @@ def _unblock(x, shape):
 
 
 def window_attention(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
-                     mem_k=None, mem_v=None, mem_pos=None, scale=None):
-    """Chunked fast path, linear in T: each block of C queries reads C+W-1 raw keys, C+W-1 fading keys and
-    its M memory entries, in one SDPA call per block (the CPU kernel fuses the mask, the softmax and both
-    products, forward and backward).  Same signature and result as window_attention_ref."""
+                     mem_k=None, mem_v=None, mem_pos=None, scale=None, extra=None):
+    """Chunked fast path, linear in T: each block of C queries reads C+W-1 raw keys, C+W-1 fading keys, its M
+    memory entries and (with `extra`) each query's own store entries, in one SDPA call for all blocks (the CPU
+    kernel fuses the mask, the softmax and both products, forward and backward).  Same signature and result as
+    window_attention_ref."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qb, kcat, vcat, mask, _, shape = _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start,
-                                                    mem_k, mem_v, mem_pos)
+                                                    mem_k, mem_v, mem_pos, extra)
     return _unblock(F.scaled_dot_product_attention(qb, kcat, vcat, attn_mask=mask, scale=scale), shape)
 
 
@@ -170,18 +181,9 @@ def window_attention_shares(q, k, v, window, *, chunk=None, q_start=0, k_start=0
     (B, T, H, K)) adds per-query, per-head entries (retrieved from the store) to each query's softmax."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qb, kcat, vcat, mask, segs, shape = _window_blocks(q, k, v, window, chunk, q_start, k_start, fk, fv, f_start,
-                                                       mem_k, mem_v, mem_pos)
-    s = (qb @ kcat.transpose(-1, -2) * scale).masked_fill(~mask, _neg(q.dtype))
-    if extra is not None:
-        ek, ev, evis = (_block_rows(t, shape) for t in extra)  # (B*nb, Hk, G*C, K[, Dh])
-        se = (torch.einsum("bhqd,bhqkd->bhqk", qb, ek) * scale).masked_fill(~evis, _neg(q.dtype))
-        s = torch.cat([s, se], -1)
-        segs = {**segs, "store": se.shape[-1]}
-    p = s.softmax(-1)
-    S = kcat.shape[2]
-    o = p[..., :S] @ vcat
-    if extra is not None:
-        o = o + torch.einsum("bhqk,bhqkd->bhqd", p[..., S:], ev)
+                                                       mem_k, mem_v, mem_pos, extra)
+    p = (qb @ kcat.transpose(-1, -2) * scale).masked_fill(~mask, _neg(q.dtype)).softmax(-1)
+    o = p @ vcat
     shares, start = {}, 0
     for name, n in segs.items():
         shares[name] = _unblock(p[..., start:start + n].sum(-1, keepdim=True), shape)[..., 0]
@@ -215,11 +217,12 @@ def causal_attention(q, k, v, k_start=0, scale=None):
 
 
 def window_attention_fused(q, k, v, window, *, chunk=None, q_start=0, k_start=0, fk=None, fv=None, f_start=0,
-                           mem_k=None, mem_v=None, mem_pos=None, scale=None):
-    """impl=fused: flex_attention on CUDA for a whole sequence from position 0 (`bmojo.ops.flex`), the chunked
-    path everywhere else (on the CPU it is the fastest: `bmojo bench --suites attention`)."""
-    if flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk, f_start=f_start, v=v):
+                           mem_k=None, mem_v=None, mem_pos=None, scale=None, extra=None):
+    """impl=fused: flex_attention on CUDA for a whole sequence from position 0 without store entries
+    (`bmojo.ops.flex`), the chunked path everywhere else (on the CPU it is the fastest: `bmojo bench --suites
+    attention`)."""
+    if extra is None and flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk, f_start=f_start, v=v):
         return flex.window_attention_flex(q, k, v, window, chunk=chunk, fk=fk, fv=fv, mem_k=mem_k, mem_v=mem_v,
                                           mem_pos=mem_pos, scale=scale)
     return window_attention(q, k, v, window, chunk=chunk, q_start=q_start, k_start=k_start, fk=fk, fv=fv,
-                            f_start=f_start, mem_k=mem_k, mem_v=mem_v, mem_pos=mem_pos, scale=scale)
+                            f_start=f_start, mem_k=mem_k, mem_v=mem_v, mem_pos=mem_pos, scale=scale, extra=extra)

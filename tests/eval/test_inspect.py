@@ -7,9 +7,12 @@ import subprocess
 import pytest
 import torch
 
+from bmojo.layers.bmojo import BMojoMixer
+
 from bmojo import BMojoLM
 from bmojo.data.text.tokenizer import ByteTokenizer
 from bmojo.eval.inspect import report
+from bmojo.layers.bmojo import BMojoMixer
 from bmojo.memory import Store
 from bmojo.ops.attention import window_attention, window_attention_shares
 from bmojo.train.checkpoint import save_checkpoint
@@ -54,7 +57,10 @@ def test_report_matches_the_model_internals(tmp_path):
         assert set(range(60 // C * C)) == in_store | set(final[final >= 0].tolist())
         assert max(L["shares"]["store"]) > 0 and max(L["shares"]["store"][:W]) == 0  # nothing old enough before W
         assert len(L["scores"]) == 60 and min(L["scores"]) >= 0
-    assert all(m.trace is None for m in (b.mixer for b in model.layers))  # recording switched off again
+    with torch.no_grad():  # recording is an argument: it computes beside the kernels, never instead of them
+        out, rec = model(ids[None]), model(ids[None], record=True)
+        assert torch.equal(rec.logits, out.logits) and out.records is None
+        assert [r is not None for r in rec.records] == [isinstance(b.mixer, BMojoMixer) for b in model.layers]
     with torch.no_grad():  # and the model computes as before
         assert torch.equal(model(ids[None]).logits, _model()(ids[None]).logits)
 

@@ -84,14 +84,15 @@ def test_predictor_never_changes_main_gradients():
     """The innovation predictor P is trained by its own loss only; the output does not depend on it."""
     m = _randomise(BMojoMixer(tiny("bmojo"), 0)).train()
     x = _x(40).requires_grad_()
-    y, _ = m(x, return_state=False)
-    assert m.aux_loss is not None and m.aux_loss.requires_grad
-    grads = torch.autograd.grad(y.sum(), [m.predictor.weight, x], allow_unused=True)
+    out = m(x, return_state=False)
+    y, aux_loss = out[0], out.aux_loss
+    assert aux_loss is not None and aux_loss.requires_grad
+    grads = torch.autograd.grad(y.sum(), [m.scorer.predictor.weight, x], allow_unused=True)
     assert grads[0] is None, "the main output reached the predictor"
-    aux_grads = torch.autograd.grad(m.aux_loss, [p for p in m.parameters()] + [x], allow_unused=True)
+    aux_grads = torch.autograd.grad(aux_loss, [p for p in m.parameters()] + [x], allow_unused=True)
     names = [n for n, _ in m.named_parameters()] + ["x"]
     touched = [n for n, g in zip(names, aux_grads) if g is not None and g.abs().max() > 0]
-    assert touched == ["predictor.weight"], f"aux loss reached {touched}"
+    assert touched == ["scorer.predictor.weight"], f"aux loss reached {touched}"
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5])

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmojo.ops.eidetic import Entries, eidetic_memory, eidetic_memory_ref
-from bmojo.ops.selection import innovation_scores, position_scores
+from bmojo.layers.scorers import make_scorer
+from bmojo.layers.scorers.position import position_scores
 from tests.helpers import seeded
 
 OPS = [pytest.param(eidetic_memory, id="fast"), pytest.param(eidetic_memory_ref, id="ref")]
@@ -164,13 +165,22 @@ def test_bad_arguments_are_named(op):
 
 def test_scorers():
     u, f = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
-    assert torch.allclose(innovation_scores(u, f), (u - f).pow(2).mean(-1))
-    P = torch.randn(6, 6)
-    assert torch.allclose(innovation_scores(u, f, P), (u - f @ P.t()).pow(2).mean(-1))
     pos = torch.arange(100)
+    norm = make_scorer("norm", 6)
+    assert torch.allclose(norm(u, f, pos[:5])[0], (u - f).pow(2).mean(-1)) and norm(u, f, pos[:5])[1] is None
+    inn = make_scorer("innovation", 6).train()
+    P = torch.randn(6, 6)
+    with torch.no_grad():
+        inn.predictor.weight.copy_(P)
+    s, aux = inn(u, f, pos[:5])
+    assert torch.allclose(s, (u - f @ P.t()).pow(2).mean(-1)) and not s.requires_grad
+    assert aux is not None and aux.requires_grad and inn.eval()(u, f, pos[:5])[1] is None  # training only
     r = position_scores("random", pos, 2)
     assert r.shape == (2, 100) and 0 <= r.min() and r.max() < 1 and r[0].unique().numel() == 100
     assert torch.equal(position_scores("random", pos[50:], 1)[0], r[0, 50:])  # a pure function of position
     assert torch.equal(position_scores("recency", pos, 1)[0], pos.float())
+    assert torch.equal(make_scorer("recency", 6)(u[:1], None, pos)[0][0], pos.float())
     with pytest.raises(ValueError, match="random"):
         position_scores("bogus", pos, 1)
+    with pytest.raises(ValueError, match="selector"):
+        make_scorer("bogus", 6)
