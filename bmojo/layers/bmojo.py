@@ -14,7 +14,8 @@ one op without a loop).  P is trained only by its own auxiliary loss on detached
 `memory_size=0` gives B'MOJO-F; `fading=False, memory_size=0` gives sliding-window attention.
 Long-term store (bmojo.memory): with a store in the state, the tokens that leave the memory go there and each
 query also reads its top-k entries; `train_store_topk` makes a training forward read the store its own
-evictions would build, so that a model learns to use one (those methods: bmojo.layers.store_reads).
+evictions would build, so that a model learns to use one.  The store is read and written at the layer's edge, once
+per call (bmojo.memory.layer_io).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_
 from bmojo.layers.ssm import SSMState, make_ssm
 from bmojo.layers.scorers import make_scorer
 from bmojo.layers.state import LayerState, MixerOutput, check_call
-from bmojo.layers.store_reads import StoreReads
+from bmojo.memory import layer_io
 from bmojo.ops.attention import attend, window_attention_shares
 from bmojo.ops.rope import apply_rope
 from bmojo.ops.eidetic import EideticOut, Entries, eidetic_memory
@@ -87,7 +88,7 @@ def _rename_predictor(state_dict, prefix, *args):
         state_dict[prefix + "scorer.predictor.weight"] = state_dict.pop(old)
 
 
-class BMojoMixer(StoreReads, Attention):
+class BMojoMixer(Attention):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0, memory: bool = True, impl: str = "fast"):
         super().__init__(cfg, window=cfg.window, impl=impl)
         self.layer_idx = layer_idx
@@ -202,10 +203,13 @@ class BMojoMixer(StoreReads, Attention):
         """Per-query (keys, values, visible) from the long-term store, or None: the state's store (each query block
         reads it as it stood after the previous chunk), or in training with `train_store_topk` the store a fresh
         sequence's own evictions build."""
+        W, C = self.window, self.chunk
         if state is not None and state.store is not None:
-            return self._store_read(state.store, q, t0, mem.ev, mem.table_k, mem.table_v)
+            layer_io.admit(state.store, mem.ev, mem.table_k, mem.table_v, start=t0 - t0 % C, chunk=C)
+            return layer_io.retrieve(state.store, q, start=t0, window=W, chunk=C)
         if state is None and self.training and self.train_store_topk > 0:
-            return self._store_from_evictions(q, mem.table_k, mem.table_v, mem.ev)
+            return layer_io.entries_from_evictions(q, mem.table_k, mem.table_v, mem.ev, memory_size=self.memory_size,
+                                                   chunk=C, window=W, topk=self.train_store_topk)
         return None
 
     def _record(self, q, ks, vs, kw, mem):
@@ -282,7 +286,7 @@ class BMojoMixer(StoreReads, Attention):
             keys.insert(0, mem.k); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
-                extra = self._store_step(state.store, q, i)
+                extra = layer_io.retrieve_step(state.store, q, i, window=W, chunk=C)
         o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale, extra)
         y = self.o_proj(o.reshape(B, -1))
         if self.ssm_residual:
@@ -318,7 +322,7 @@ class BMojoMixer(StoreReads, Attention):
                             rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
         pool_k, pool_v = torch.cat([mem.k, cand_k], 1), torch.cat([mem.v, cand_v], 1)
         if state.store is not None:
-            self._store_add(state.store, ev, 0, pool_k, pool_v, state.pos - C + 1)
+            layer_io.admit(state.store, ev, pool_k, pool_v, start=state.pos - C + 1, chunk=C)
         mem.k.copy_(gather_rows(pool_k, ev.memory.src))
         mem.v.copy_(gather_rows(pool_v, ev.memory.src))
         mem.score.copy_(ev.memory.score)

@@ -1,7 +1,10 @@
 """Search over one layer's stored keys for one sequence: exact (the reference) or approximate (faiss HNSW).
 
 A query q (H heads, Dh) at position i retrieves, for each head h, the `topk` entries with the highest q_h . k
-among entries of its kv head that are visible, i.e. at positions <= i - W (older than its raw window).  The
+among entries of its kv head that are visible, i.e. at positions <= i - W (older than its raw window) and, when
+the search names `readable_from`, readable from the query's chunk (an entry is readable from the start of the
+chunk after the memory update that evicted it: a layer call admits its evictions first and then searches once
+for all its queries, and a repeated call reads exactly what the first did).  A position is stored once.  The
 logits are the attention logits up to the scale, so the top-k are the entries attention would weigh most.
 The approximate index proposes candidates and the exact scores of those candidates decide, so the two agree
 whenever the index's candidates contain the exact top-k (measured as recall by benchmarks/store_recall.py).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from bmojo.memory import kernel
+from bmojo.memory.errors import StoreError
 
 try:
     import faiss
@@ -42,6 +46,9 @@ class LayerIndex:
         self.keys = torch.empty(kv_heads, 0, head_dim)
         self.pos = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
+        self.left = torch.empty(0, dtype=torch.long)  # (n,) the first position that may read each entry
+        self.max_left = -1
+        self.known = torch.zeros(0, dtype=torch.bool)  # known[p]: position p is stored
         self.seen = torch.empty(0, dtype=torch.long)  # running max of pos: entries [0, j) are all visible to a
         # query whose limit is >= seen[j-1], so only a short recent suffix needs a visibility mask
         # for the C kernel (bmojo.memory.kernel): the keys as 8-bit codes (Hk, capacity / 8, ceil(Dh / 2), 8, 2),
@@ -54,15 +61,28 @@ class LayerIndex:
         self._hint = None  # per query head, the slots the C search found last (where its next scan starts)
         self.ann = None  # one faiss index per kv head, once built
         if cfg.search == "ann" and faiss is None:
-            from bmojo.memory.store import StoreError
-
             raise StoreError("StoreConfig.search='ann' needs faiss: pip install 'bmojo[ann]' (faiss-cpu)")
 
-    def add(self, k: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> None:
-        """k (m, Hk, Dh) float32, pos (m,), ids (m,)."""
+    def fresh(self, pos: torch.Tensor) -> torch.Tensor:
+        """pos (m,) -> bool (m,): the positions not stored yet (a position is stored once)."""
+        out = torch.ones_like(pos, dtype=torch.bool)
+        inside = pos < self.known.shape[0]
+        out[inside] = ~self.known[pos[inside]]
+        return out
+
+    def add(self, k: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor, left: torch.Tensor | None = None) -> None:
+        """k (m, Hk, Dh) float32, pos (m,), ids (m,); left (m,) the first position that may read each entry
+        (None: any, e.g. entries reopened from disk)."""
         m = k.shape[0]
         if m == 0:
             return
+        left = torch.full((m,), -1, dtype=torch.long) if left is None else left.long()
+        top = int(pos.max()) + 1
+        if top > self.known.shape[0]:
+            self.known = torch.cat([self.known, self.known.new_zeros(max(top, 2 * self.known.shape[0]) -
+                                                                     self.known.shape[0])])
+        self.known[pos] = True
+        self.max_left = max(self.max_left, int(left.max()))
         need = self.n + m
         if need > self.keys.shape[1]:  # grow geometrically, in whole blocks
             cap = -(-max(need, 2 * self.keys.shape[1], 256) // BLOCK) * BLOCK
@@ -70,7 +90,8 @@ class LayerIndex:
             keys[:, :self.n] = self.keys[:, :self.n]
             self.keys = keys
             self.pos = torch.cat([self.pos[:self.n], self.pos.new_full((cap - self.n,), FAR)])
-            self.ids, self.seen = (torch.cat([t[:self.n], t.new_empty(cap - self.n)]) for t in (self.ids, self.seen))
+            self.ids, self.seen, self.left = (torch.cat([t[:self.n], t.new_empty(cap - self.n)])
+                                              for t in (self.ids, self.seen, self.left))
             if self.code is not None:
                 code = self.code.new_zeros(self.kv_heads, cap // 8, *self.code.shape[2:])
                 code[:, :self.code.shape[1]] = self.code
@@ -82,7 +103,7 @@ class LayerIndex:
                 self._quantize(self.n // 8, -(-need // 8))
             else:
                 self.code = None
-        self.pos[self.n:need], self.ids[self.n:need] = pos, ids
+        self.pos[self.n:need], self.ids[self.n:need], self.left[self.n:need] = pos, ids, left
         seen = pos.cummax(0).values
         self.seen[self.n:need] = seen.clamp(min=int(self.seen[self.n - 1])) if self.n else seen
         self.n = need
@@ -117,19 +138,29 @@ class LayerIndex:
             self.ann.append(ix)
 
     def nbytes(self) -> int:
-        n = self.keys.numel() * 4 + (self.pos.numel() + self.ids.numel() + self.seen.numel()) * 8
+        n = self.keys.numel() * 4 + (self.pos.numel() + self.ids.numel() + self.seen.numel() + self.left.numel()) * 8
+        n += self.known.numel()
         if self.code is not None:
             n += self.code.numel() + self.scale.numel() * 4
         if self.ann is not None:  # vectors + about 2*M links of 4 bytes per entry
             n += sum(ix.ntotal * (self.head_dim * 4 + 2 * HNSW_M * 4) for ix in self.ann)
         return n
 
+    def needs_left_mask(self, readable_from) -> bool:
+        """Whether some entry is not yet readable by the earliest query (only after a repeated or rewound call)."""
+        return readable_from is not None and self.max_left > int(torch.as_tensor(readable_from).min())
+
     @torch.no_grad()
-    def search(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, exact: bool = False):
-        """q (n, H, Dh) float, qpos (n,) (a tensor or ints) -> (ids (n, H, k) entry ids, -1 where there is none;
-        keys (n, H, k, Dh); logits q.k (n, H, k), -inf where there is none)."""
+    def search(self, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, exact: bool = False,
+               readable_from=None):
+        """q (n, H, Dh) float, qpos (n,) (a tensor or ints), readable_from (n,) or None -> (ids (n, H, k) entry ids,
+        -1 where there is none; keys (n, H, k, Dh); logits q.k (n, H, k), -inf where there is none)."""
         n, H, Dh = q.shape
-        if self.searches_in_c(n):
+        masked = self.needs_left_mask(readable_from)
+        lmask = torch.as_tensor(readable_from)[:, None, None, None] if masked else None
+        if masked:
+            exact = True  # the rare case: the plain matrix product, masked
+        elif self.searches_in_c(n):
             found = self.search_c(q, qpos, window, k)
             if found is not None:
                 return found[:3]
@@ -151,6 +182,8 @@ class LayerIndex:
             v = self.visible_prefix(int(lim.min()))
             if v < nb:  # the entries after the all-visible prefix: mask those a query cannot see yet
                 s[..., v:].masked_fill_(self.pos[v:nb] > lim, float("-inf"))
+            if masked:  # entries evicted at or after this query's chunk
+                s.masked_fill_(self.left[:nb] > lmask[a:a + step], float("-inf"))
             values, indices = _topk(s, min(k, self.n))
             out_s.append(values)
             out_i.append(indices)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bmojo.config import ConfigError
+from bmojo.memory.errors import StoreError
 from bmojo.memory.index import LayerIndex
 from bmojo.utils.jsonfile import read_json
 
@@ -44,10 +44,6 @@ FORMAT, VERSION = "bmojo-store", 1
 COMMIT = struct.Struct("<IIQII")  # magic, layer, count, data crc, record crc (over the first 20 bytes)
 MAGIC = 0x53434D42  # "BMCS"
 DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-class StoreError(ConfigError):
-    """A store folder that cannot be used as asked; the message names the folder and the field."""
 
 
 @dataclass
@@ -210,8 +206,14 @@ class LayerStore:
     def __len__(self) -> int:
         return self.count
 
-    def add(self, row: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Entries of one sequence: pos (n,), k, v (n, Hk, Dh).  Searchable at once; written in the background."""
+    def add(self, row: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left: torch.Tensor | None = None) -> None:
+        """Entries of one sequence: pos (n,), k, v (n, Hk, Dh); left (n,): the first position that may read each
+        (see bmojo.memory.index).  Searchable at once; written in the background.  A position already stored is
+        skipped, so admitting the same evictions twice (a repeated call) changes nothing."""
+        new = self.index[row].fresh(pos.cpu().long())
+        if not bool(new.all()):
+            pos, k, v = pos[new], k[new], v[new]
+            left = left[new] if left is not None else None
         n = int(pos.shape[0])
         if n == 0:
             return
@@ -225,21 +227,22 @@ class LayerStore:
             self.tail[first] = recs
         self.count += n
         self.index[row].add(torch.from_numpy(recs["k"].astype(np.float32)), pos.cpu().long(),
-                            torch.arange(first, first + n))
+                            torch.arange(first, first + n), None if left is None else left.cpu())
         self.store._queue(self, first, recs)
 
-    def search(self, row: int, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int):
-        """Sequence `row`'s retrieval for q (n, H, Dh) at positions qpos (n,): the top-k visible entries per head
-        (see LayerIndex.search) -> (keys, values (n, H, k, Dh) float32, found (n, H, k) bool)."""
+    def search(self, row: int, q: torch.Tensor, qpos: torch.Tensor, window: int, k: int, readable_from=None):
+        """Sequence `row`'s retrieval for q (n, H, Dh) at positions qpos (n,) in chunks starting at readable_from
+        (n,) (None: every entry is readable): the top-k visible entries per head (see LayerIndex.search) ->
+        (keys, values (n, H, k, Dh) float32, found (n, H, k) bool)."""
         ix = self.index[row]
         found = None
-        if self.store.dtype == "float32" and ix.searches_in_c(q.shape[0]):
+        if self.store.dtype == "float32" and ix.searches_in_c(q.shape[0]) and not ix.needs_left_mask(readable_from):
             written = self.written  # the C search reads the values of records on disk from the file's map
             base = self.map.address(written) if written else None
             found = ix.search_c(q, qpos, window, k, (base, self.rec.itemsize, self.rec.fields["v"][1], written),
                                 scores=False)
         if found is None:  # PyTorch: query blocks, a float16 store, no kernel, or a query that is not finite
-            ids, keys, _ = ix.search(q, qpos, window, k)
+            ids, keys, _ = ix.search(q, qpos, window, k, readable_from=readable_from)
             return keys, self.values(ids), ids >= 0
         ids, keys, _, vals, late = found
         if late:  # written to the file after `written` was read: from the queued tail

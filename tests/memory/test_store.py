@@ -458,3 +458,29 @@ def test_eval_ppl_with_a_store_per_window(tmp_path):
         assert one[L]["store"]["entries_per_window"] > 0
     assert abs(one[128]["loss"] - plain[128]["loss"]) > 1e-6, "the store changed nothing"
     assert opened[:2] == [6, 3]  # one store per batch of windows, with a row per window
+
+
+@pytest.mark.parametrize("t0", [0, 13])
+def test_parallel_forward_with_a_store_is_idempotent(tmp_path, t0):
+    """The store is read and written at the layer's edge: the same parallel call twice on the same state gives the
+    same output and leaves the same store (a position is stored once; an entry evicted in a call is readable only
+    from the chunk after its update, so the second call cannot read the first call's later evictions)."""
+    model = _model(memory_size=3)
+    ids = _ids(2, 50, seed=4)
+    with Store.for_model(tmp_path / "s", model, rows=2, cfg=StoreConfig(topk=4, search="exact")) as store:
+        with torch.no_grad():
+            state = model(ids[:, :t0], model.init_state(2, store=store), return_state=True).state if t0 else \
+                model.init_state(2, store=store)
+            first = model(ids[:, t0:], state, return_state=True)
+            content = [(store.layer(i).count, sorted(store.layer(i).index[0].pos[:store.layer(i).index[0].n].tolist()))
+                       for i in store.layers]
+            second = model(ids[:, t0:], state, return_state=True)
+        assert torch.equal(first.logits, second.logits), "a repeated call read what the first call wrote"
+        assert content == [(store.layer(i).count, sorted(store.layer(i).index[0].pos[:store.layer(i).index[0].n]
+                                                         .tolist())) for i in store.layers], "entries added twice"
+        assert all(c > 0 for c, _ in content), "nothing was stored: the test would see no double insert"
+        fresh = _model(memory_size=3)
+        with Store.for_model(tmp_path / "s2", fresh, rows=2, cfg=StoreConfig(topk=4, search="exact")) as other:
+            with torch.no_grad():  # and it equals one call over the whole sequence
+                whole = fresh(ids, fresh.init_state(2, store=other), return_state=True).logits
+        assert_close(second.logits, whole[:, t0:], name="second call vs one call")
