@@ -10,12 +10,10 @@ import torch.nn as nn
 
 from bmojo.config import ModelConfig
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.attention import attend, causal_attention, window_attention, window_attention_fused, window_attention_ref
-from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
+from bmojo.ops.attention import attend, causal_attention
+from bmojo.ops.backend import Backend, backend_of
+from bmojo.ops.conv import causal_conv1d_step
 from bmojo.ops.rope import apply_rope, rope_cos_sin
-
-WINDOW_ATTN = {"ref": window_attention_ref, "fast": window_attention, "fused": window_attention_fused}
-CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d_fused}
 
 
 @dataclass
@@ -58,11 +56,12 @@ class Attention(nn.Module):
     """`window=None`: full causal attention (SDPA, a growing cache up to `capacity`);
     `window=W`: each query sees its last W raw tokens (chunked, linear in T; a ring buffer of W)."""
 
-    def __init__(self, cfg: ModelConfig, window: int | None, impl: str = "fast"):
+    def __init__(self, cfg: ModelConfig, window: int | None, impl: str | Backend = "fast"):
         super().__init__()
+        self.backend = backend_of(impl)  # the kernels (bmojo.ops.backend), chosen once; the model sets it when moved
         D, H, Hk = cfg.d_model, cfg.n_heads, cfg.kv_heads
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = D, H, Hk, cfg.head_dim
-        self.window, self.chunk, self.impl = window, (cfg.chunk_size if window else None), impl
+        self.window, self.chunk = window, (cfg.chunk_size if window else None)
         self.rope_theta, self.rope_fraction, self.capacity = cfg.rope_theta, cfg.rope_fraction, cfg.max_seq_len
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.q_proj = nn.Linear(D, H * self.head_dim, bias=False)
@@ -77,8 +76,8 @@ class Attention(nn.Module):
         """x (B, T, D) -> the attention input (short causal conv when enabled) and the conv state."""
         if self.attn_conv is None:
             return x, None
-        return CONV[self.impl](x, self.attn_conv.weight[:, 0], self.attn_conv.bias,
-                               state.conv if state is not None else None, return_state)
+        return self.backend.conv(x, self.attn_conv.weight[:, 0], self.attn_conv.bias,
+                                 state.conv if state is not None else None, return_state)
 
     def _attn_input_step(self, x_t, state):
         if self.attn_conv is None:
@@ -138,11 +137,12 @@ class Attention(nn.Module):
         cos, sin = self._rope(t0, T, x.device, x.dtype)
         q, k, v = self._qkv(a, cos, sin)
         ks, vs, start = self._raw_stream(k, v, state, t0)
-        if self.window is None and self.impl != "ref":
+        if self.window is None and self.backend.impl != "ref":
             o = causal_attention(q, ks, vs, scale=self.scale)
         else:  # the windowed op with W >= T is exactly full causal attention
             W = self.window if self.window is not None else t0 + T
-            o = WINDOW_ATTN[self.impl](q, ks, vs, W, chunk=self.chunk or W, q_start=t0, k_start=start, scale=self.scale)
+            o = self.backend.window_attention(q, ks, vs, W, chunk=self.chunk or W, q_start=t0, k_start=start,
+                                              scale=self.scale)
         y = self.o_proj(o.reshape(B, T, D))
         return y, (self._raw_state(ks, vs, start, t0 + T, conv_state, state) if return_state else None)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from bmojo.config import ModelConfig
-from bmojo.layers.attention import WINDOW_ATTN, Attention, AttentionState, ring_from_stream, ring_positions, ring_read
+from bmojo.layers.attention import Attention, AttentionState, ring_from_stream, ring_positions, ring_read
 from bmojo.layers.ssm import SSMState, make_ssm
 from bmojo.layers.scorers import make_scorer
 from bmojo.layers.state import LayerState, MixerOutput, check_call
@@ -89,7 +89,7 @@ def _rename_predictor(state_dict, prefix, *args):
 
 
 class BMojoMixer(Attention):
-    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, memory: bool = True, impl: str = "fast"):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, memory: bool = True, impl="fast"):
         super().__init__(cfg, window=cfg.window, impl=impl)
         self.layer_idx = layer_idx
         self.fading = cfg.fading
@@ -100,7 +100,7 @@ class BMojoMixer(Attention):
         self.ssm_residual = cfg.ssm_residual
         self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
         self.uses_f_prev = self.scorer is not None and self.scorer.uses_f_prev
-        self.ssm = make_ssm(cfg, impl) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
+        self.ssm = make_ssm(cfg, self.backend) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
         if not cfg.tie_fading and self.fading:
             Hk, Dh = cfg.kv_heads, cfg.head_dim
             self.fk_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
@@ -158,7 +158,7 @@ class BMojoMixer(Attention):
         # 6. one softmax over [store | eidetic | fading | raw window]
         kw = dict(chunk=self.chunk, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start, scale=self.scale,
                   extra=extra, **(mem.attention_kw() if mem is not None else {}))
-        o = WINDOW_ATTN[self.impl](q, ks, vs, self.window, **kw)
+        o = self.backend.window_attention(q, ks, vs, self.window, **kw)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
             y = y + f

@@ -12,15 +12,11 @@ import torch.nn.functional as F
 from bmojo.config import ModelConfig
 from bmojo.layers.norm import GatedRMSNorm
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref, causal_conv1d_step
-from bmojo.ops.scan import selective_scan, selective_scan_ref, selective_scan_step
-from bmojo.ops import scan_cpu
-from bmojo.ops.scan_cpu import selective_scan_fused, ssd_fused
-from bmojo.ops.ssd import ssd_chunked, ssd_ref, ssd_step
+from bmojo.ops.backend import backend_of
+from bmojo.ops.conv import causal_conv1d_step
+from bmojo.ops.scan import selective_scan_step
+from bmojo.ops.ssd import ssd_step
 
-CONV = {"ref": causal_conv1d_ref, "fast": causal_conv1d, "fused": causal_conv1d_fused}
-SCAN = {"ref": selective_scan_ref, "fast": selective_scan, "fused": selective_scan_fused}
-SSD = {"ref": ssd_ref, "fast": ssd_chunked, "fused": ssd_fused}
 
 
 @dataclass
@@ -43,14 +39,13 @@ def _init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: floa
 class _SSMBase(nn.Module):
     conv_dim: int
 
-    def __init__(self, impl: str):
+    def __init__(self, impl):
         super().__init__()
-        if impl == "fused":  # build/load the C++ kernels now, not inside a torch.compile trace of forward
-            scan_cpu.available()
+        self.backend = backend_of(impl)  # the kernels (bmojo.ops.backend), chosen once; the model sets it when moved
 
     def _conv(self, xs, state, return_state):
-        return CONV[self.impl](xs, self.conv1d.weight[:, 0], self.conv1d.bias,
-                               state.conv if state is not None else None, return_state)
+        return self.backend.conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                 state.conv if state is not None else None, return_state)
 
 
 
@@ -61,7 +56,7 @@ class Mamba1Mixer(_SSMBase):
     def __init__(self, cfg: ModelConfig, impl: str = "fast"):
         super().__init__(impl)
         D, E, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.mamba1_dt_rank
-        self.d_model, self.d_inner, self.d_state, self.dt_rank, self.impl = D, E, N, R, impl
+        self.d_model, self.d_inner, self.d_state, self.dt_rank = D, E, N, R
         self.conv_dim, self.chunk = E, cfg.ssm_chunk
         self.in_proj = nn.Linear(D, 2 * E, bias=False)
         self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=True)
@@ -86,8 +81,7 @@ class Mamba1Mixer(_SSMBase):
         xs, conv_state = self._conv(xs, state, return_state)
         xs = F.silu(xs)
         dt, B, C, A = self._ssm_inputs(xs)
-        y, h = SCAN[self.impl](xs, dt, A, B, C, self.D, state.h if state is not None else None,
-                               return_state)
+        y, h = self.backend.scan(xs, dt, A, B, C, self.D, state.h if state is not None else None, return_state)
         out = self.out_proj(y * F.silu(z))
         return out, (SSMState(conv_state, h.to(x.dtype)) if return_state else None)  # the state follows the model
 
@@ -114,7 +108,7 @@ class Mamba2Mixer(_SSMBase):
         D, E, N, K, P, G = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.ssm_head_dim, cfg.n_groups
         H = E // P
         self.d_model, self.d_inner, self.d_state, self.n_heads, self.head_dim, self.n_groups = D, E, N, H, P, G
-        self.impl, self.chunk = impl, cfg.ssm_chunk
+        self.chunk = cfg.ssm_chunk
         self.conv_dim = E + 2 * G * N
         self.in_proj = nn.Linear(D, E + self.conv_dim + H, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, K, groups=self.conv_dim, padding=K - 1, bias=True)
@@ -139,8 +133,8 @@ class Mamba2Mixer(_SSMBase):
         z, xBC, dt = self._split(self.in_proj(x))
         xBC, conv_state = self._conv(xBC, state, return_state)
         xs, B, C, dt, A = self._ssm_inputs(F.silu(xBC), dt)
-        kw = {"chunk": self.chunk} if self.impl == "fast" else {}
-        y, h = SSD[self.impl](xs.view(Bsz, T, self.n_heads, self.head_dim), dt, A,
+        kw = {"chunk": self.chunk} if self.backend.impl == "fast" else {}
+        y, h = self.backend.ssd(xs.view(Bsz, T, self.n_heads, self.head_dim), dt, A,
                               B.view(Bsz, T, self.n_groups, self.d_state), C.view(Bsz, T, self.n_groups, self.d_state),
                               self.D, state.h if state is not None else None, return_state, **kw)
         out = self.out_proj(self.norm(y.reshape(Bsz, T, self.d_inner), z))
@@ -162,5 +156,5 @@ class Mamba2Mixer(_SSMBase):
                         torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype))
 
 
-def make_ssm(cfg: ModelConfig, impl: str) -> nn.Module:
+def make_ssm(cfg: ModelConfig, impl) -> nn.Module:
     return (Mamba1Mixer if cfg.ssm_kind == "mamba1" else Mamba2Mixer)(cfg, impl)

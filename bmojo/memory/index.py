@@ -15,15 +15,23 @@ head, then the top-k of the best blocks), used for query blocks and as the refer
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from bmojo.memory import kernel
 from bmojo.memory.errors import StoreError
 
-try:
-    import faiss
-except ImportError:  # the `ann` extra
-    faiss = None
+
+@functools.cache
+def _faiss():
+    """faiss (the `ann` extra), imported on first use (it is slow to import and most stores never need it)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
 
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 64, 96
 BLOCK = 64  # exact search takes the top-k of the best k blocks of BLOCK entries (each block's max) first
@@ -32,7 +40,7 @@ FEW = 2  # searches of at most this many queries (decoding) go to the C kernel w
 
 
 def ann_available() -> bool:
-    return faiss is not None
+    return _faiss() is not None
 
 
 class LayerIndex:
@@ -60,7 +68,7 @@ class LayerIndex:
         self._c = None  # the kernel's view of these tensors (kernel.Index), made when they change
         self._hint = None  # per query head, the slots the C search found last (where its next scan starts)
         self.ann = None  # one faiss index per kv head, once built
-        if cfg.search == "ann" and faiss is None:
+        if cfg.search == "ann" and _faiss() is None:
             raise StoreError("StoreConfig.search='ann' needs faiss: pip install 'bmojo[ann]' (faiss-cpu)")
 
     def fresh(self, pos: torch.Tensor) -> torch.Tensor:
@@ -127,12 +135,12 @@ class LayerIndex:
         self.scale[:, b0:b1] = scale
 
     def _wants_ann(self) -> bool:
-        return faiss is not None and self.cfg.search in ("ann", "auto") and self.n >= self.cfg.ann_threshold
+        return self.cfg.search in ("ann", "auto") and self.n >= self.cfg.ann_threshold and _faiss() is not None
 
     def _build_ann(self) -> None:
         self.ann = []
         for g in range(self.kv_heads):
-            ix = faiss.IndexHNSWFlat(self.head_dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            ix = _faiss().IndexHNSWFlat(self.head_dim, HNSW_M, _faiss().METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction, ix.hnsw.efSearch = EF_CONSTRUCTION, EF_SEARCH
             ix.add(self.keys[g, :self.n].contiguous().numpy())
             self.ann.append(ix)

@@ -12,7 +12,7 @@ from bmojo.layers.state import MixerOutput
 from bmojo.layers.ssm import make_ssm
 
 
-def make_mixer(cfg: ModelConfig, layer_idx: int, impl: str) -> nn.Module:
+def make_mixer(cfg: ModelConfig, layer_idx: int, impl) -> nn.Module:
     kind = cfg.layer_kind(layer_idx)
     if kind == "A":
         return Attention(cfg, window=None, impl=impl)
@@ -24,7 +24,7 @@ def make_mixer(cfg: ModelConfig, layer_idx: int, impl: str) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, impl: str):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, impl):
         super().__init__()
         self.kind = cfg.layer_kind(layer_idx)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)

@@ -12,20 +12,9 @@ from bmojo.layers.norm import RMSNorm
 from bmojo.layers.state import LayerState
 from bmojo.models.block import Block
 from bmojo.models.init import init_weights
+from bmojo.ops.backend import resolve as resolve_backend
 
 log = logging.getLogger("bmojo")
-_logged_impls: set[str] = set()
-
-
-def resolve_impl(impl: str) -> str:
-    """`auto` -> the fastest path available here.  Resolved once per model and logged once per process."""
-    resolved = "fused" if impl == "auto" else impl
-    if impl not in _logged_impls:
-        log.info("bmojo: impl=%s resolved to %s", impl, resolved)
-        _logged_impls.add(impl)
-    return resolved
-
-
 @dataclass
 class ModelState:
     """The whole model's decode state: one typed state per layer, the position, and the model's fingerprint."""
@@ -51,15 +40,33 @@ class BMojoLM(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.impl = resolve_impl(cfg.impl)
+        self.backend = resolve_backend(cfg.impl)  # for CPU float32 parameters; resolved again when the model moves
         self.fingerprint = cfg.fingerprint()  # of the architecture as built (decode checks it every step)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg, i, self.impl) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i, self.backend) for i in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         init_weights(self, cfg)
+
+    @property
+    def impl(self) -> str:
+        return self.backend.impl
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to() / .cuda() / .bfloat16() ...: choose the kernels for the new device and dtype (an impl that cannot
+        serve them raises before anything moves), then move."""
+        p = fn(self.embed.weight.detach()[:0])  # where and in which dtype the parameters are going
+        backend = self.backend
+        if (p.device.type, p.dtype) != (backend.device, backend.dtype):
+            backend = resolve_backend(self.cfg.impl, p.device, p.dtype)
+        out = super()._apply(fn, *args, **kwargs)
+        self.backend = backend
+        for m in self.modules():
+            if m is not self and "backend" in m.__dict__:
+                m.backend = backend
+        return out
 
     # ---- checks -----------------------------------------------------------------------------------------
     def _check_ids(self, ids: torch.Tensor, rank: int) -> None:

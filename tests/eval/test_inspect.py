@@ -7,8 +7,6 @@ import subprocess
 import pytest
 import torch
 
-from bmojo.layers.bmojo import BMojoMixer
-
 from bmojo import BMojoLM
 from bmojo.data.text.tokenizer import ByteTokenizer
 from bmojo.eval.inspect import report

@@ -24,7 +24,7 @@ def _run(scores, chunk, M, op=eidetic_memory, **kw):
 def _update(mem, cand, start, chunk, **kw):
     """One update: memory `mem` and one chunk of candidates `cand` (Entries; src = the candidate's pool index)
     at positions start .. start+chunk-1."""
-    B, n = cand.pos.shape[0], chunk - 1
+    n = chunk - 1
     pend = Entries(cand.score[:, :n], cand.pos[:, :n], cand.src[:, :n])
     return eidetic_memory(cand.score[:, n:], start=start + n, chunk=chunk, memory=mem, pending=pend,
                           src_offset=int(cand.src[0, n]), **kw)
