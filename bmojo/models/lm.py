@@ -69,14 +69,16 @@ class BMojoLM(nn.Module):
         return out
 
     # ---- checks -----------------------------------------------------------------------------------------
-    def _check_ids(self, ids: torch.Tensor, rank: int) -> None:
+    def _check_ids(self, ids: torch.Tensor, rank: int, values: bool = True) -> None:
+        """Shape and dtype always; with `values` also the range (one host sync: the parallel mode's, not a
+        decode step's unless asked)."""
         shape = "(B, T)" if rank == 2 else "(B,)"
         if not isinstance(ids, torch.Tensor) or ids.dim() != rank:
             got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"token ids must be a {shape} tensor, got {got}")
         if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
-        if torch.compiler.is_compiling():  # a data-dependent check would break the graph; the embedding
+        if not values or torch.compiler.is_compiling():  # a data-dependent check would break the graph; the embedding
             return  # lookup still rejects an out-of-range id
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
             raise ValueError(f"token ids must be in 0 .. vocab_size-1 = {self.cfg.vocab_size - 1}, got values in "
@@ -122,9 +124,10 @@ class BMojoLM(nn.Module):
         return LMOutput(logits, new_state, aux_loss, records if record else None)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
-    def step(self, token: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
-        """token (B,) -> logits (B, V); the state is updated in place and returned."""
-        self._check_ids(token, 1)
+    def step(self, token: torch.Tensor, state: ModelState, *, check_ids: bool = False) -> tuple[torch.Tensor, ModelState]:
+        """token (B,) -> logits (B, V); the state is updated in place and returned.  Token values are range-checked
+        only with `check_ids` (that costs a host sync per token; the embedding lookup still rejects a bad id)."""
+        self._check_ids(token, 1, values=check_ids)
         self._check_state(state, token.shape[0])
         h = self.embed(token.long())
         for block, s in zip(self.layers, state.layers):

@@ -129,20 +129,32 @@ def load_weights(model, file: Path) -> None:
                               f"{sorted(unexpected)[:5]}")
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path, meta: dict) -> None:
+def read_optimizer(path: str | Path, meta: dict, names: list[str]) -> dict:
+    """A checkpoint's optimizer state, name-keyed (the layout of torch.distributed.checkpoint): `names` are the
+    parameters in the optimizer's order (bmojo.train.optim.group_names).  Restores the torch RNG state too."""
     file = Path(path) / "optimizer.safetensors"
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if meta["optimizer"]["n_params"] != len(params):
+    if meta["optimizer"]["n_params"] != len(names):
         raise CheckpointError(f"{file}: optimizer state for {meta['optimizer']['n_params']} parameters, "
-                              f"the model has {len(params)}")
-    for g, saved in zip(optimizer.param_groups, meta["optimizer"]["param_groups"]):
-        g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+                              f"the model has {len(names)}")
+    state: dict[str, dict] = {}
     for key, t in tensors.items():
         if key.startswith("state."):
             _, i, name = key.split(".", 2)
-            optimizer.state[params[int(i)]][name] = t.to(params[int(i)].device)
+            state.setdefault(names[int(i)], {})[name] = t
     torch.set_rng_state(tensors["rng.torch"])
+    return {"state": state, "param_groups": [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
+                                              for g in meta["optimizer"]["param_groups"]]}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path, meta: dict) -> None:
+    """Into a single-process optimizer (parameters in the saved order)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved = read_optimizer(path, meta, [str(i) for i in range(len(params))])
+    for g, hyper in zip(optimizer.param_groups, saved["param_groups"]):
+        g.update(hyper)
+    for i, s in saved["state"].items():
+        optimizer.state[params[int(i)]].update({k: t.to(params[int(i)].device) for k, t in s.items()})

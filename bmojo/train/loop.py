@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bmojo.train.checkpoint import load_checkpoint, load_optimizer, read_meta, save_checkpoint
+from bmojo.train.checkpoint import load_optimizer, load_weights, read_meta, read_optimizer, save_checkpoint
 from bmojo.train.config import TrainConfig
 from bmojo.train import dist
-from bmojo.train.optim import lr_at, make_optimizer, no_decay_names
+from bmojo.train.optim import group_names, lr_at, make_optimizer, no_decay_names
 from bmojo.train.progress import MetricsLog, Progress
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -124,103 +124,140 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     model is wrapped in DDP or FSDP2 (cfg.parallel) and each process trains on its rows of every global batch
     (bmojo.train.dist)."""
     d = dist.setup(cfg.parallel, cfg.batch_size)
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = out / "checkpoint" if out is not None else None
-    no_decay = no_decay_names(model)
-    opt = make_optimizer(model, cfg)
-    start = 0
-    if resume and ckpt is not None and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
-        info = read_meta(ckpt)
-        loaded, _ = load_checkpoint(ckpt)
-        model.load_state_dict(loaded.state_dict())
-        opt = make_optimizer(model, cfg)
-        load_optimizer(opt, info["_path"], info)
-        start = info["step"]
-    net = model
-    if d is not None:
-        named = dist.named_optimizer_state(model, opt) if start else None
-        net = dist.wrap(model, d)
-        if d.mode == "fsdp":  # the parameters are now sharded: a new optimizer over them, given the loaded state
-            opt = make_optimizer(net, cfg, no_decay)
-            if named is not None:
-                dist.load_full_optimizer(net, opt, named)
-    main = d is None or d.main
-    log = MetricsLog(out / "metrics.jsonl" if out is not None and main else None)
-    bar = Progress(cfg.steps, desc, cfg.progress and main)
-    history, result_eval, stopped = [], {}, False
+    ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    no_decay = no_decay_names(model)  # read before any wrapping, which may drop the tags
+    # 1. resume: the weights and the step to start from (the optimizer state is read once the optimizer exists)
+    start, saved = _restore(model, ckpt, resume)
+    # 2. the distributed wrap, then the one optimizer over the parameters the steps update
+    net, opt = _prepare(model, cfg, d, no_decay, saved)
+    run = _Run(cfg, d, ckpt, desc, lambda step_meta: _save(ckpt, model, net, opt, cfg, no_decay,
+                                                            {**step_meta, "train": cfg.to_dict(), **(meta or {})},
+                                                            files, d))
     net.train()
-    t_train, tokens, skipped = 0.0, 0, 0
     step = start
-
-    def save(step_meta: dict) -> str | None:
-        return _save(ckpt, model, net, opt, cfg, no_decay, {**step_meta, "train": cfg.to_dict(), **(meta or {})},
-                     files, d)
-
     for step in range(start, cfg.steps):
+        # 3. one optimizer step (or a skipped batch)
         t0 = time.perf_counter()
-        inputs, labels = batch_fn(step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        if d is not None:
-            n_all = int((labels != -100).sum())
-            inputs, labels = d.rows(inputs).to(d.device), d.rows(labels).to(d.device)
-        loss, acc, aux = loss_and_acc(net, inputs, labels)
-        scale = 1.0
-        if d is not None:  # weight this rank's mean by its share of the labelled tokens: DDP/FSDP average ranks
-            n_here = int((labels != -100).sum())
-            scale = n_here * d.world / max(n_all, 1)
-        opt.zero_grad(set_to_none=True)
-        (loss * scale + aux if aux is not None else loss * scale).backward()
-        bad = _nonfinite(loss, aux, net)
-        if d is not None and d.any(bad is not None) and bad is None:
-            bad = "non-finite values on another process"
-        if bad is not None:
-            if not cfg.skip_nonfinite:
-                kept = f"; the last good checkpoint ({ckpt}) is kept" if ckpt is not None and ckpt.exists() else ""
-                raise TrainingDiverged(f"step {step + 1}: {bad}; first non-finite tensor: "
-                                       f"{first_nonfinite(net, inputs, labels)}{kept}. Lower --lr, or pass "
-                                       "--skip-nonfinite true to skip such batches")
-            opt.zero_grad(set_to_none=True)
-            skipped += 1
-            log.write(step=step + 1, skipped_nonfinite=skipped, reason=bad)
+        done = _step(net, opt, cfg, d, batch_fn, step, ckpt, run)
+        if done is None:
             continue
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        loss_v, acc_v = loss.item(), acc.item()
-        if d is not None:  # the global batch's numbers, as one process would report them
-            loss_v = d.all_sum(loss_v * n_here) / max(n_all, 1)
-            acc_v = d.all_sum(acc_v * n_here) / max(n_all, 1)
-        dt = time.perf_counter() - t0
-        t_train += dt
-        tokens += inputs.numel() * (d.world if d is not None else 1)
-        done = step + 1
-        row = None
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = {"step": done, "loss": loss_v, "acc": acc_v, "lr": lr_at(step, cfg),
-                   "tokens_per_s": tokens / max(t_train, 1e-9)}
-            if aux is not None:
-                row["aux_loss"] = aux.item() if d is None else d.all_sum(aux.item()) / d.world
-        if eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            result_eval = evaluate(dist.unwrap(net) if d is None or d.mode == "ddp" else net,
-                                   [(x.to(d.device), y.to(d.device)) for x, y in eval_batches] if d else eval_batches)
-            row = {**(row or {"step": done}), **{f"eval_{k}": v for k, v in result_eval.items()}}
-            stopped = cfg.target_acc is not None and result_eval["acc"] >= cfg.target_acc
-        if row is not None:
-            history.append(row)
-            log.write(**row)
-        bar.update(done, loss=loss_v, acc=acc_v, tok_s=int(tokens / max(t_train, 1e-9)),
-                   **({"eval_acc": result_eval["acc"], "eval_ppl": result_eval["ppl"]} if result_eval else {}))
-        if ckpt is not None and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and not stopped:
-            save({"step": done})
-        if stopped:
+        # 4. metrics, evaluation, checkpoints
+        if run.after_step(step, done, time.perf_counter() - t0, net, eval_batches):
             break
-    bar.close()
-    steps_done = step + 1 if cfg.steps > start else start
-    path = None
-    if ckpt is not None:
-        path = save({"step": steps_done, "eval": result_eval})
-    return TrainResult(steps_done, t_train, result_eval, history, stopped, path, skipped)
+    return run.finish(step + 1 if cfg.steps > start else start)
+
+
+def _restore(model, ckpt: Path | None, resume: bool) -> tuple[int, dict | None]:
+    """With `resume` and a checkpoint: load its weights into `model` -> (its step, its metadata)."""
+    if not (resume and ckpt is not None and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists())):
+        return 0, None
+    info = read_meta(ckpt)
+    load_weights(model, Path(info["_path"]) / "model.safetensors")
+    return info["step"], info
+
+
+def _prepare(model, cfg: TrainConfig, d, no_decay: set[str], saved: dict | None):
+    """-> (the module the steps call, its optimizer): DDP shares the model's parameters, so its optimizer is over
+    the model; FSDP2 shards them, so its optimizer is over the shards.  A resumed run's state is loaded into it."""
+    net = model if d is None else dist.wrap(model, d)
+    sharded = d is not None and d.mode == "fsdp"
+    opt = make_optimizer(net if sharded else model, cfg, no_decay)
+    if saved is not None:
+        if not sharded:
+            load_optimizer(opt, saved["_path"], saved)
+        else:
+            groups = group_names(model, no_decay)
+            named = read_optimizer(saved["_path"], saved, [n for g in groups for n in g])
+            named["param_groups"] = [{**g, "params": names} for g, names in zip(named["param_groups"], groups)]
+            dist.load_full_optimizer(net, opt, named)
+    return net, opt
+
+
+def _step(net, opt, cfg: TrainConfig, d, batch_fn, step: int, ckpt, run) -> dict | None:
+    """Forward, backward, the non-finite check and the update of step `step` -> its loss and accuracy (the global
+    batch's, as one process would report them), or None for a skipped batch."""
+    inputs, labels = batch_fn(step)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, cfg)
+    n_here = n_all = None
+    if d is not None:
+        n_all = int((labels != -100).sum())
+        inputs, labels = d.rows(inputs).to(d.device), d.rows(labels).to(d.device)
+    loss, acc, aux = loss_and_acc(net, inputs, labels)
+    scale = 1.0
+    if d is not None:  # weight this rank's mean by its share of the labelled tokens: DDP/FSDP average ranks
+        n_here = int((labels != -100).sum())
+        scale = n_here * d.world / max(n_all, 1)
+    opt.zero_grad(set_to_none=True)
+    (loss * scale + aux if aux is not None else loss * scale).backward()
+    bad = _nonfinite(loss, aux, net)
+    if d is not None and d.any(bad is not None) and bad is None:
+        bad = "non-finite values on another process"
+    if bad is not None:
+        if not cfg.skip_nonfinite:
+            kept = f"; the last good checkpoint ({ckpt}) is kept" if ckpt is not None and ckpt.exists() else ""
+            raise TrainingDiverged(f"step {step + 1}: {bad}; first non-finite tensor: "
+                                   f"{first_nonfinite(net, inputs, labels)}{kept}. Lower --lr, or pass "
+                                   "--skip-nonfinite true to skip such batches")
+        opt.zero_grad(set_to_none=True)
+        run.skip(step, bad)
+        return None
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    opt.step()
+    loss_v, acc_v = loss.item(), acc.item()
+    if d is not None:
+        loss_v = d.all_sum(loss_v * n_here) / max(n_all, 1)
+        acc_v = d.all_sum(acc_v * n_here) / max(n_all, 1)
+    return {"loss": loss_v, "acc": acc_v, "aux": aux.detach() if aux is not None else None,
+            "tokens": inputs.numel() * (d.world if d is not None else 1)}
+
+
+class _Run:
+    """What a run writes as it goes: the metrics log, the progress line, evaluations, checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, d, ckpt, desc: str, save):
+        main = d is None or d.main
+        self.cfg, self.d, self.ckpt, self.save = cfg, d, ckpt, save
+        self.log = MetricsLog(ckpt.parent / "metrics.jsonl" if ckpt is not None and main else None)
+        self.bar = Progress(cfg.steps, desc, cfg.progress and main)
+        self.history, self.eval, self.stopped = [], {}, False
+        self.t_train, self.tokens, self.skipped = 0.0, 0, 0
+
+    def skip(self, step: int, reason: str) -> None:
+        self.skipped += 1
+        self.log.write(step=step + 1, skipped_nonfinite=self.skipped, reason=reason)
+
+    def after_step(self, step: int, r: dict, seconds: float, net, eval_batches) -> bool:
+        """Log, evaluate and checkpoint after step `step`; True when the run should stop (target accuracy)."""
+        cfg, d = self.cfg, self.d
+        self.t_train += seconds
+        self.tokens += r["tokens"]
+        tok_s = self.tokens / max(self.t_train, 1e-9)
+        done, row = step + 1, None
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            row = {"step": done, "loss": r["loss"], "acc": r["acc"], "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
+            if r["aux"] is not None:  # read only when logged: one host sync less per step
+                row["aux_loss"] = r["aux"].item() if d is None else d.all_sum(r["aux"].item()) / d.world
+        if eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            self.eval = evaluate(dist.unwrap(net) if d is None or d.mode == "ddp" else net,
+                                 [(x.to(d.device), y.to(d.device)) for x, y in eval_batches] if d else eval_batches)
+            row = {**(row or {"step": done}), **{f"eval_{k}": v for k, v in self.eval.items()}}
+            self.stopped = cfg.target_acc is not None and self.eval["acc"] >= cfg.target_acc
+        if row is not None:
+            self.history.append(row)
+            self.log.write(**row)
+        self.bar.update(done, loss=r["loss"], acc=r["acc"], tok_s=int(tok_s),
+                        **({"eval_acc": self.eval["acc"], "eval_ppl": self.eval["ppl"]} if self.eval else {}))
+        if self.ckpt is not None and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps \
+                and not self.stopped:
+            self.save({"step": done})
+        return self.stopped
+
+    def finish(self, steps_done: int) -> TrainResult:
+        self.bar.close()
+        path = self.save({"step": steps_done, "eval": self.eval}) if self.ckpt is not None else None
+        return TrainResult(steps_done, self.t_train, self.eval, self.history, self.stopped, path, self.skipped)
 
 
 def _save(ckpt, model, net, opt, cfg, no_decay, meta, files, d) -> str | None:

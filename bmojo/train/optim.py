@@ -15,15 +15,23 @@ def no_decay_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.ndim < 2 or getattr(p, "_no_weight_decay", False)}
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str] | None = None) -> list[dict]:
+def group_names(model: torch.nn.Module, no_decay: set[str] | None = None) -> list[list[str]]:
+    """The optimizer's parameter order, by name: [decayed, not decayed] (tied weights appear once)."""
     no_decay = no_decay_names(model) if no_decay is None else no_decay
     decay, keep, seen = [], [], set()
-    for n, p in model.named_parameters():  # tied weights appear once
+    for n, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (keep if n in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+        (keep if n in no_decay else decay).append(n)
+    return [decay, keep]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str] | None = None) -> list[dict]:
+    params = dict(model.named_parameters())
+    decay, keep = group_names(model, no_decay)
+    return [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
+            {"params": [params[n] for n in keep], "weight_decay": 0.0}]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, no_decay: set[str] | None = None) -> torch.optim.AdamW:

@@ -59,6 +59,18 @@ def test_bad_token_ids(ids, err, match):
         m(ids)
 
 
+def test_decode_step_checks_id_values_only_when_asked():
+    """A decode step checks shape and dtype always (no host sync); the value range with check_ids=True; a bad id
+    is still rejected by the embedding lookup without it."""
+    m = BMojoLM(tiny("bmojo"))
+    with pytest.raises(ValueError, match=r"0 \.\. vocab_size-1 = 60.*61"):
+        m.step(torch.tensor([61, 0]), m.init_state(2), check_ids=True)
+    with pytest.raises(IndexError):
+        m.step(torch.tensor([61, 0]), m.init_state(2))
+    with pytest.raises(TypeError, match="integer tensor"):
+        m.step(torch.zeros(2), m.init_state(2))
+
+
 def test_decode_state_from_another_model():
     a, b = BMojoLM(tiny("bmojo")), BMojoLM(tiny("bmojo", memory_size=7))
     with pytest.raises(ValueError, match="another model"):
