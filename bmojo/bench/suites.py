@@ -5,8 +5,10 @@
   against HF transformers' MambaMixer torch path when transformers is installed.
 - attention: sliding-window attention on CPU, forward (prefill): our chunked op, SDPA with a band mask, and
   flex_attention with a block mask (compiled, forward only on CPU).
-- train: training tokens/s (forward + backward + AdamW) of every preset at a matched parameter count, and the
-  peak memory a step adds.
+- train: training tokens/s (forward + backward + AdamW) of every preset at a matched parameter count, the
+  peak memory a step adds and its operator calls (torch profiler: what a GPU pays in launches); and the
+  `transformer` preset in the Llama layout (attn_conv=false) against HF transformers' LlamaForCausalLM (SDPA) at
+  the same sizes, timed in alternating rounds, when transformers is installed.
 - decode: per-token latency and decode-state bytes after a prefill of 1k, 8k and 32k tokens.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bmojo.bench.timing import sync, fwd_bwd, peak_extra_bytes, scan_inputs, timeit
+from bmojo.bench.timing import fwd_bwd, op_calls, peak_extra_bytes, scan_inputs, sync, timeit
 from bmojo.models import BMojoLM, size_to_params
 from bmojo.ops import cuda, scan_cpu
 from bmojo.ops.attention import window_attention
@@ -188,17 +190,67 @@ def train_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000_
 
             sec = timeit(step, repeats=3)
             peak = peak_extra_bytes(step, device)
+            ops = op_calls(step)
             rows.append({"preset": name, "T": T, "batch": ids.shape[0], "params": model.num_params(), "seconds": sec,
-                         "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak})
+                         "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak, "op_calls": ops})
             log(f"  {name:12s} T={T:5d} B={ids.shape[0]:2d}: {ids[:, :-1].numel() / sec:8.0f} tok/s, step peak "
-                f"{(peak or 0) / 2**20:7.1f} MiB")
+                f"{(peak or 0) / 2**20:7.1f} MiB, {ops} op calls")
     ratios = {}
     tps = {(r["preset"], r["T"]): r["tokens_per_s"] for r in rows}
+    ops = {(r["preset"], r["T"]): r["op_calls"] for r in rows}
     for T in lengths:
         if ("bmojo", T) in tps and ("transformer", T) in tps:
             ratios[f"bmojo_over_transformer_tokens_per_s_T{T}"] = tps[("bmojo", T)] / tps[("transformer", T)]
+    lo, hi = min(lengths), max(lengths)
+    mid = 2048 if 2048 in lengths else lo
+    if ("bmojo", mid) in ops and ("bmojo", hi) in ops:
+        ratios[f"bmojo_op_calls_T{hi}_over_T{mid}"] = ops[("bmojo", hi)] / ops[("bmojo", mid)]
+    llama = _llama_rows(quick, device, params, log) if _has("transformers") else []
+    if llama:
+        rows += llama
+        ratios[f"llama_layout_over_hf_llama_tokens_per_s_T{llama[0]['T']}"] = \
+            llama[0]["tokens_per_s"] / llama[1]["tokens_per_s"]
     return {"sizes": {"params": params, "tokens_per_step": tokens, "lengths": list(lengths)}, "rows": rows,
             "ratios": ratios}
+
+
+def _llama_rows(quick: bool, device, params: int, log) -> list[dict]:
+    """The `transformer` preset with attn_conv=false (the Llama layout) against HF LlamaForCausalLM (SDPA) of the
+    same sizes and parameter count: training tokens/s at T=2048, B=4 (quick: 256, 2), medians of alternating
+    rounds so that a slow spell of the machine lands on both."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    T, B = (256, 2) if quick else (2048, 4)
+    cfg = size_to_params("transformer", params, vocab_size=256, max_seq_len=T, **{**MODEL, "attn_conv": False})
+    torch.manual_seed(0)
+    ours = BMojoLM(cfg).to(device)
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=256, hidden_size=cfg.d_model, intermediate_size=cfg.d_hidden, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads, rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=T,
+        attn_implementation="sdpa")).to(device)
+    ids = torch.randint(0, 256, (B, T + 1), generator=torch.Generator().manual_seed(T)).to(device)
+    steps, times = {}, {}
+    for name, m in (("transformer, Llama layout", ours), ("HF LlamaForCausalLM (SDPA)", hf)):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+
+        def step(m=m, opt=opt):
+            loss = F.cross_entropy(m(ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()
+        steps[name], times[name] = step, []
+    for _ in range(2 if quick else 4):
+        for name, step in steps.items():
+            times[name].append(timeit(step, repeats=1, warmup=0))
+    rows = []
+    for (name, t), m in zip(times.items(), (ours, hf)):
+        sec = sorted(t)[len(t) // 2]
+        rows.append({"preset": name, "T": T, "batch": B, "params": sum(p.numel() for p in m.parameters()),
+                     "seconds": sec, "tokens_per_s": B * T / sec})
+        log(f"  {name:28s} T={T:5d} B={B:2d}: {B * T / sec:8.0f} tok/s ({rows[-1]['params']:,} params)")
+    return rows
 
 
 @torch.no_grad()
@@ -243,5 +295,7 @@ def decode_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000
     for name in presets:
         ratios[f"{name}_latency_{hi}_over_{lo}"] = lat[(name, hi)]["latency_s"] / lat[(name, lo)]["latency_s"]
         ratios[f"{name}_state_bytes_{hi}_over_{lo}"] = lat[(name, hi)]["state_bytes"] / lat[(name, lo)]["state_bytes"]
+    if "bmojo" in presets and "mamba" in presets:
+        ratios[f"bmojo_over_mamba_latency_{lo}"] = lat[("bmojo", lo)]["latency_s"] / lat[("mamba", lo)]["latency_s"]
     return {"sizes": {"params": params, "contexts": list(contexts)}, "rows": rows, "ratios": ratios}
 

@@ -86,3 +86,14 @@ def peak_extra_bytes(fn, device="cpu") -> int | None:
     fn()
     peak = status_kb("VmHWM")
     return None if before is None or peak is None else max(0, peak - before) * 1024
+
+
+def op_calls(fn) -> int:
+    """Operator calls one fn() makes: the top-level ATen ops under the torch profiler (an op called by another op
+    is not counted again).  On a GPU each is at least one kernel launch: the CPU measure of launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))

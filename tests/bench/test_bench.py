@@ -38,3 +38,12 @@ def test_timeit_is_a_median():
 def test_unknown_suite_exits_2(capsys):
     assert main(["bench", "--suites", "scan,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_op_calls_counts_top_level_operators_once():
+    from bmojo.bench.timing import op_calls
+
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    assert op_calls(lambda: torch.nn.functional.linear(x, w)) == 1  # linear calls mm inside: counted once
+    assert op_calls(lambda: (x + 1).relu().sum()) == 3
+    assert op_calls(lambda: [x + i for i in range(5)]) == 5  # a Python loop pays per iteration
