@@ -117,7 +117,7 @@ class Attention(nn.Module):
                               conv_state, end)
 
     def _step_raw(self, a_t, state, cos, sin):
-        """Write the token's k/v into the buffer; return q and the raw key set (keys, values, visible)."""
+        """Write the token's k/v into the buffer; return q and the raw key set (keys, values)."""
         i = state.pos
         if self.window is None and i >= state.span:
             raise ValueError(f"{type(self).__name__}: decode cache is full ({state.span} tokens, "
@@ -125,8 +125,17 @@ class Attention(nn.Module):
         q, k, v = self._qkv(a_t[:, None], cos, sin)
         state.k[:, i % state.span] = k[:, 0]
         state.v[:, i % state.span] = v[:, 0]
-        vis = ring_positions(i + 1, state.span, a_t.device) >= 0
-        return q[:, 0], state.k, state.v, vis.expand(a_t.shape[0], -1)
+        return q[:, 0], state.k, state.v
+
+    def _written(self, i: int, span: int, device) -> torch.Tensor:
+        """(span,) bool: the buffer slots written once position i is (all of them from i = span - 1 on: that
+        pattern is made once)."""
+        if i >= span - 1:
+            cache = self.__dict__.setdefault("_full_rings", {})
+            if (span, device) not in cache:
+                cache[(span, device)] = torch.ones(span, dtype=torch.bool, device=device)
+            return cache[(span, device)]
+        return ring_positions(i + 1, span, device) >= 0
 
     # ---- the mixer contract -----------------------------------------------------------------------------
     def forward(self, x, state=None, return_state=True):
@@ -150,8 +159,8 @@ class Attention(nn.Module):
         check_call(self, x_t, state, rank=2)
         a_t = self._attn_input_step(x_t, state)
         cos, sin = self._rope(state.pos, 1, x_t.device, x_t.dtype)
-        q, keys, vals, vis = self._step_raw(a_t, state, cos, sin)
-        o = attend(q, keys, vals, vis, self.scale)
+        q, keys, vals = self._step_raw(a_t, state, cos, sin)
+        o = attend(q, keys, vals, self._written(state.pos, state.span, x_t.device).expand(x_t.shape[0], -1), self.scale)
         state.pos += 1
         return self.o_proj(o.reshape(x_t.shape[0], -1)), state
 

@@ -130,7 +130,8 @@ class BMojoMixer(Attention):
 
     def _score_step(self, x_t, f_t, state):
         f_prev = state.mem.f_prev[:, None] if self.uses_f_prev else None
-        s, _ = self.scorer(x_t[:, None], f_prev, torch.tensor([state.pos], device=x_t.device))
+        pos = None if self.uses_f_prev else torch.tensor([state.pos], device=x_t.device)  # position scorers only
+        s, _ = self.scorer(x_t[:, None], f_prev, pos)
         if self.uses_f_prev:
             state.mem.f_prev.copy_(f_t)
         return s[:, 0]
@@ -271,15 +272,13 @@ class BMojoMixer(Attention):
         a_t = self._attn_input_step(x_t, state)
         f_t = self.ssm.step(x_t, state.ssm)[0] if self.ssm is not None else None
         cos, sin = self._rope(i, 1, x_t.device, x_t.dtype)
-        q, raw_k, raw_v, raw_vis = self._step_raw(a_t, state, cos, sin)
-        keys, vals, vis = [raw_k], [raw_v], [raw_vis]
-        if self.fading:  # delay line of 2W; visible: i-2W < p <= i-W
+        q, raw_k, raw_v = self._step_raw(a_t, state, cos, sin)
+        keys, vals, vis = [raw_k], [raw_v], [self._ring_visibility(i, x_t.device).expand(B, -1)]
+        if self.fading:  # delay line of 2W (its visibility is in _ring_visibility)
             fk, fv = self._fading_kv(f_t[:, None], cos, sin)
             state.fk[:, i % (2 * W)] = fk[:, 0]
             state.fv[:, i % (2 * W)] = fv[:, 0]
-            p = ring_positions(i + 1, 2 * W, x_t.device)
             keys.insert(0, state.fk); vals.insert(0, state.fv)
-            vis.insert(0, ((p >= 0) & (p <= i - W)).expand(B, -1))
         extra = None
         if M > 0:
             mem = state.mem
@@ -305,6 +304,25 @@ class BMojoMixer(Attention):
                 state.mem.pend_pos[:, n] = i
         state.pos += 1
         return y, state
+
+    def _ring_visibility(self, i: int, device) -> torch.Tensor:
+        """(2W + W,) bool for query i over [fading delay line (2W slots) | raw ring (W slots)], after position i was
+        written: fading slots hold positions i-2W < p <= i, visible when p <= i - W; raw slots when written.  Once
+        both rings are full it depends on i mod 2W only, so those 2W patterns are made once."""
+        W = self.window
+        full = i >= 2 * W - 1
+        key = (i % (2 * W), device)
+        cache = self.__dict__.setdefault("_vis_cache", {})
+        if full and key in cache:
+            return cache[key]
+        raw = self._written(i, W, device)
+        vis = raw
+        if self.fading:
+            p = ring_positions(i + 1, 2 * W, device)
+            vis = torch.cat([(p >= 0) & (p <= i - W), raw])
+        if full:
+            cache[key] = vis
+        return vis
 
     def _merge_step(self, state, score):
         """The chunk's last token (score (B,)): the chunk's tokens (still in the raw ring) compete with the memory

@@ -1,6 +1,8 @@
 """Rotary position embedding at absolute positions (Llama's rotate-half convention)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -12,11 +14,17 @@ def rotated_pairs(dim: int, fraction: float) -> int:
 def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype, fraction: float = 1.0):
     """positions (T,) long -> cos, sin (T, 1, dim) to broadcast over (B, T, H, dim).  With fraction < 1 only the
     highest-frequency pairs rotate; the others carry no position (their angle is 0)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
-    inv_freq[rotated_pairs(dim, fraction):] = 0.0
-    ang = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, dim/2)
-    ang = torch.cat([ang, ang], dim=-1)[:, None, :]  # (T, 1, dim)
+    ang = positions.to(torch.float32)[:, None, None] * _inv_freq(dim, theta, fraction, positions.device)  # (T, 1, dim)
     return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _inv_freq(dim: int, theta: float, fraction: float, device: torch.device) -> torch.Tensor:
+    """(dim,) the frequency of each half's pairs, twice (rotate-half layout), 0 for pairs that do not rotate;
+    computed once per (dim, theta, fraction, device): a decode step pays only for its own angles."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    inv_freq[rotated_pairs(dim, fraction):] = 0.0
+    return torch.cat([inv_freq, inv_freq])
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

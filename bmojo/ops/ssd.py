@@ -36,11 +36,12 @@ def ssd_ref(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False
 
 def ssd_step(x_t, dt_t, A, B_t, C_t, D, h):
     """One token.  x_t (B, H, P); dt_t (B, H); B_t, C_t (B, G, N); h (B, H, P, N) updated in place."""
-    H = x_t.shape[1]
-    B_t = B_t.repeat_interleave(H // B_t.shape[1], dim=1)
-    C_t = C_t.repeat_interleave(H // C_t.shape[1], dim=1)
-    h.mul_(torch.exp(dt_t * A)[..., None, None]).add_((dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(2))
-    y = torch.einsum("bhpn,bhn->bhp", h, C_t)
+    Bsz, H, P = x_t.shape
+    G, N = B_t.shape[1], B_t.shape[2]
+    hg = h.view(Bsz, G, H // G, P, N)  # heads grouped: B_t, C_t broadcast over a group's heads (no copies)
+    hg.mul_(torch.exp(dt_t * A).view(Bsz, G, H // G, 1, 1))
+    hg.add_((dt_t.unsqueeze(-1) * x_t).view(Bsz, G, H // G, P, 1) * B_t.view(Bsz, G, 1, 1, N))
+    y = torch.matmul(hg, C_t.view(Bsz, G, 1, N, 1)).view(Bsz, H, P)
     return y + x_t * D[:, None] if D is not None else y
 
 
