@@ -91,9 +91,20 @@ def peak_extra_bytes(fn, device="cpu") -> int | None:
 def op_calls(fn) -> int:
     """Operator calls one fn() makes: the top-level ATen ops under the torch profiler (an op called by another op
     is not counted again).  On a GPU each is at least one kernel launch: the CPU measure of launch overhead."""
+    import os
+    import sys
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
+    sys.stderr.flush()
+    saved = os.dup(2)  # the profiler's C++ side prints a line on start and stop: keep it off the terminal
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     return sum(1 for e in prof.events() if e.name.startswith("aten::")
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))

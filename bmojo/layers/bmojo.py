@@ -163,16 +163,27 @@ class BMojoMixer(Attention):
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
             y = y + f
-        rec = self._record(q, ks, vs, kw, mem) if record else None
-        aux = mem.aux_loss if mem is not None else None
-        if not return_state:
-            return MixerOutput(y, None, aux, rec)
-        raw = self._raw_state(ks, vs, k_start, t0 + T, conv_state, state)
-        fk_ring = ring_from_stream(fks, f_start, t0 + T, 2 * self.window) if self.fading else None
-        fv_ring = ring_from_stream(fvs, f_start, t0 + T, 2 * self.window) if self.fading else None
+        # 7. the decode state after the last token, and what else the call computed
+        new_state = None
+        if return_state:
+            new_state = self._new_state(state, (ks, vs, k_start), (fks, fvs, f_start), conv_state, ssm_state, mem, f,
+                                        end=t0 + T)
+        return MixerOutput(y, new_state, mem.aux_loss if mem is not None else None,
+                           self._record(q, ks, vs, kw, mem) if record else None)
+
+    def _new_state(self, state, raw_stream, fading_stream, conv_state, ssm_state, mem, f, end) -> BMojoState:
+        """The rings hold the last W raw and 2W fading tokens before `end`; the memory its entries and the
+        unfinished chunk's candidates; the store, when attached, carries over."""
+        ks, vs, k_start = raw_stream
+        raw = self._raw_state(ks, vs, k_start, end, conv_state, state)
+        fk_ring = fv_ring = None
+        if self.fading:
+            fks, fvs, f_start = fading_stream
+            fk_ring = ring_from_stream(fks, f_start, end, 2 * self.window)
+            fv_ring = ring_from_stream(fvs, f_start, end, 2 * self.window)
         new_mem = self._memory_state(mem, f) if mem is not None else None
-        return MixerOutput(y, BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem,
-                                         state.store if state is not None else None), aux, rec)
+        return BMojoState(raw.k, raw.v, raw.conv, raw.pos, ssm_state, fk_ring, fv_ring, new_mem,
+                          state.store if state is not None else None)
 
     def _fading_stream(self, f, cos, sin, state, t0):
         """Fading keys/values of the new tokens after the state's delay line of 2W, and the first position held."""
