@@ -86,40 +86,33 @@ def _check(scores, start, chunk, memory, pending, rule, decay, per_chunk):
         raise ValueError(f"fifo: per_chunk={per_chunk} must be <= chunk={chunk} and divide memory size {M}")
 
 
-def _pool(scores, start, memory, pending, src_offset):
-    Bsz, T = scores.shape
-    pos = torch.arange(start, start + T, device=scores.device).expand(Bsz, T)
-    return memory.cat(pending, Entries(scores.float(), pos, pos - start + src_offset))
-
-
 # ---- reference -----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def eidetic_memory_ref(scores, *, start, chunk, memory, pending, src_offset, rule="topk", decay=1.0, per_chunk=1):
-    """Readable reference: a loop over chunks and batch rows, priorities written out in float64 with Python
-    sorts.  Same signature and outputs as `eidetic_memory`."""
+    """Readable reference: per batch row, a loop over chunks on Python lists, priorities written out in float64
+    and Python sorts; it shares no computation with the fast path.  Same signature and outputs."""
     _check(scores, start, chunk, memory, pending, rule, decay, per_chunk)
-    Bsz, M, n = scores.shape[0], memory.pos.shape[-1], pending.pos.shape[-1]
-    pool = _pool(scores, start, memory, pending, src_offset)
-    N, a0 = pool.pos.shape[-1], start - n
-    nb = -(-(n + scores.shape[1]) // chunk)
-    n_done = (n + scores.shape[1]) // chunk
-    blocks = torch.full((Bsz, nb, M), N, dtype=torch.long)  # pool indices; N = an empty slot
-    final = torch.full((Bsz, M), N, dtype=torch.long)
-    evicted_at = torch.full((Bsz, N), -1, dtype=torch.long)
-    score, pos = pool.score.double().tolist(), pool.pos.tolist()
+    Bsz, T = scores.shape
+    M, n = memory.pos.shape[-1], pending.pos.shape[-1]
+    a0, nb, n_done = start - n, -(-(n + T) // chunk), (n + T) // chunk
+    rows = {"blocks": [], "memory": [], "pending": [], "pool": [], "evicted_at": []}
     for row in range(Bsz):
-        mem = list(range(M))  # pool indices held, in slot order
+        def entries(e: Entries, off=None):
+            return [(float(s), int(p), int(r)) for s, p, r in zip(e.score[row], e.pos[row], e.src[row])]
+        pool = entries(memory) + entries(pending) + [(float(scores[row, t]), start + t, src_offset + t)
+                                                     for t in range(T)]
+        evicted_at = [-1] * len(pool)
+        mem, blocks = list(range(M)), []  # pool indices held, in slot order
         for b in range(nb):
-            blocks[row, b] = torch.tensor(mem, dtype=torch.long)
+            blocks.append([pool[j] for j in mem])
             if b >= n_done:
                 break
             chunk_idx = [M + t for t in range(b * chunk, (b + 1) * chunk)]
             a = a0 // chunk + b  # absolute index of the chunk just finished
 
             def prio(j):  # (priority at this update, older first on ties): sort ascending
-                if pos[row][j] < 0:
-                    return (math.inf, 0)
-                return (-score[row][j] * decay ** (a - pos[row][j] // chunk), pos[row][j])
+                s, p, _ = pool[j]
+                return (math.inf, 0) if p < 0 else (-s * decay ** (a - p // chunk), p)
             if rule == "topk":
                 ranked = sorted(mem + chunk_idx, key=prio)
                 kept, lost = ranked[:M], ranked[M:]
@@ -128,22 +121,42 @@ def eidetic_memory_ref(scores, *, start, chunk, memory, pending, src_offset, rul
                 ranked = sorted(chunk_idx, key=prio)
                 kept, lost = mem[k:] + ranked[:k], mem[:k] + ranked[k:]
             for j in lost:
-                if pos[row][j] >= 0:
-                    evicted_at[row, j] = b
+                if pool[j][1] >= 0:
+                    evicted_at[j] = b
             mem = kept
-        final[row] = torch.tensor(mem, dtype=torch.long)
-    return _finish(pool, blocks, final, n_done, chunk, M, evicted_at)
+        rows["blocks"].append(blocks)
+        rows["memory"].append([pool[j] for j in mem])
+        rows["pending"].append(pool[M + n_done * chunk:])
+        rows["pool"].append(pool)
+        rows["evicted_at"].append(evicted_at)
+    dev = scores.device
+
+    def as_entries(x, shape):  # per row, lists (or lists of lists, for blocks) of (score, pos, src) -> Entries
+        flat = [e for r in x for e in r] if len(shape) == 2 else [e for r in x for blk in r for e in blk]
+        col = [list(c) for c in zip(*flat)] if flat else [[], [], []]
+        return Entries(torch.tensor(col[0], dtype=torch.float32, device=dev).view(shape),
+                       torch.tensor(col[1], dtype=torch.long, device=dev).view(shape),
+                       torch.tensor(col[2], dtype=torch.long, device=dev).view(shape))
+    N = M + n + T
+    return EideticOut(as_entries(rows["blocks"], (Bsz, nb, M)), as_entries(rows["memory"], (Bsz, M)),
+                      as_entries(rows["pending"], (Bsz, N - M - n_done * chunk)), as_entries(rows["pool"], (Bsz, N)),
+                      torch.tensor(rows["evicted_at"], dtype=torch.long, device=dev).view(Bsz, N))
+
+
+# ---- fast path -----------------------------------------------------------------------------------------------
+def _pool(scores, start, memory, pending, src_offset):
+    Bsz, T = scores.shape
+    pos = torch.arange(start, start + T, device=scores.device).expand(Bsz, T)
+    return memory.cat(pending, Entries(scores.float(), pos, pos - start + src_offset))
 
 
 def _finish(pool, blocks, final, n_done, chunk, M, evicted_at):
     """Pool indices (N = empty) -> EideticOut."""
     Bsz, N = pool.pos.shape
     ext = pool.cat(Entries.empty(Bsz, 1, pool.pos.device))  # index N: an empty slot
-    return EideticOut(ext.take(blocks.to(pool.pos.device)), ext.take(final.to(pool.pos.device)),
-                      pool.slice(M + n_done * chunk, N), pool, evicted_at.to(pool.pos.device))
+    return EideticOut(ext.take(blocks), ext.take(final), pool.slice(M + n_done * chunk, N), pool, evicted_at)
 
 
-# ---- fast path -----------------------------------------------------------------------------------------------
 def priority_key(score: torch.Tensor, pos: torch.Tensor, chunk: int, decay: float) -> torch.Tensor:
     """The fixed key s * decay^(-chunk_j), as an order-preserving float64 (no overflow at any length):
     sign(s) * (offset + log2|s| - chunk_j * log2(decay)); empty entries (pos < 0) get -inf."""
