@@ -28,6 +28,7 @@ from bmojo.config import ModelConfig
 from bmojo.layers.attention import Attention, AttentionState, ring_from_stream, ring_positions, ring_read
 from bmojo.layers.ssm import SSMState, make_ssm
 from bmojo.layers.scorers import make_scorer
+from bmojo.layers.scorers import uses_f_prev as scorer_uses_f_prev
 from bmojo.layers.state import LayerState, MixerOutput, check_call
 from bmojo.memory import layer_io
 from bmojo.ops.attention import attend, window_attention_shares
@@ -98,13 +99,14 @@ class BMojoMixer(Attention):
         self.rule, self.decay, self.per_chunk = cfg.memory_rule, cfg.memory_decay, cfg.fifo_per_chunk
         self.train_store_topk = cfg.train_store_topk if self.memory_size > 0 else 0
         self.ssm_residual = cfg.ssm_residual
-        self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
-        self.uses_f_prev = self.scorer is not None and self.scorer.uses_f_prev
+        self.uses_f_prev = self.memory_size > 0 and scorer_uses_f_prev(self.selector)
         self.ssm = make_ssm(cfg, self.backend) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
         if not cfg.tie_fading and self.fading:
             Hk, Dh = cfg.kv_heads, cfg.head_dim
             self.fk_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
             self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
+        # (built after the SSM: module construction draws random numbers, so this order keeps seeded inits)
+        self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
         self.gate = None
         if self.memory_size > 0 and cfg.selection_gate:
             self.gate = nn.Linear(cfg.d_model, 1, bias=False)  # a bias would shift every priority alike

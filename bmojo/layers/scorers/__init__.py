@@ -12,16 +12,25 @@ from __future__ import annotations
 from bmojo.layers.scorers.innovation import InnovationScorer
 from bmojo.layers.scorers.position import PositionScorer
 
-SCORERS = {
-    "innovation": lambda d_model, seed: InnovationScorer(d_model, learned=True),
-    "norm": lambda d_model, seed: InnovationScorer(d_model, learned=False),
-    "random": lambda d_model, seed: PositionScorer("random", seed),
-    "recency": lambda d_model, seed: PositionScorer("recency", seed),
+SCORERS = {  # name -> (class, how to build it from (d_model, seed))
+    "innovation": (InnovationScorer, lambda d_model, seed: InnovationScorer(d_model, learned=True)),
+    "norm": (InnovationScorer, lambda d_model, seed: InnovationScorer(d_model, learned=False)),
+    "random": (PositionScorer, lambda d_model, seed: PositionScorer("random", seed)),
+    "recency": (PositionScorer, lambda d_model, seed: PositionScorer("recency", seed)),
 }
 SELECTORS = tuple(SCORERS)
 
 
-def make_scorer(name: str, d_model: int, seed: int = 0):
+def _entry(name: str):
     if name not in SCORERS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {name!r}")
-    return SCORERS[name](d_model, seed)
+    return SCORERS[name]
+
+
+def make_scorer(name: str, d_model: int, seed: int = 0):
+    return _entry(name)[1](d_model, seed)
+
+
+def uses_f_prev(name: str) -> bool:
+    """Whether the scorer reads the SSM output f_{t-1} (so a layer needs an SSM for it)."""
+    return _entry(name)[0].uses_f_prev
