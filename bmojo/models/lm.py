@@ -1,7 +1,6 @@
 """The language model: embedding, n_layers blocks, final norm, LM head (tied by default)."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +13,7 @@ from bmojo.models.block import Block
 from bmojo.models.init import init_weights
 from bmojo.ops.backend import resolve as resolve_backend
 
-log = logging.getLogger("bmojo")
+
 @dataclass
 class ModelState:
     """The whole model's decode state: one typed state per layer, the position, and the model's fingerprint."""
