@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 print({p: u.find_spec(p) is not None for p in ('mamba_ssm', 'causal_conv1d', 'mambapy', 'transformers')})"
 } 2>&1 | tee "$out/gpu.txt"
 timeout "${PYTEST_S:-150}" python3 -m pytest -q -rs -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_flex.py \
-  tests/ops/test_attention.py 2>&1 | tee "$out/pytest_gpu.txt"
+  tests/ops/test_attention.py tests/models/test_dtypes.py tests/ops/test_backend.py 2>&1 | tee "$out/pytest_gpu.txt"
 timeout "${BENCH_S:-280}" python3 -m bmojo bench --device cuda --out "$out/bench" 2>&1 \
   | grep -v -i "warn" | tee "$out/bench_log.txt"
 timeout "${COMPILE_S:-120}" python3 benchmarks/compile_check.py --device cuda --presets transformer,bmojo \

@@ -76,3 +76,29 @@ def test_fused_with_bf16_weights_on_the_cpu_is_refused_naming_why():
         model.to(torch.bfloat16)
     assert all(p.dtype == torch.float32 for p in model.parameters()), "the refused move changed the weights"
     assert model(torch.zeros(1, 5, dtype=torch.long)).logits.dtype == torch.float32  # and the model still runs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_cuda_autocast_trains_like_fp32(name, dtype):
+    """On CUDA, bf16 and fp16 autocast (fp16 with a gradient scaler) train like fp32, impl=auto."""
+    ids = torch.randint(0, 61, (2, 38), generator=torch.Generator().manual_seed(1)).cuda()
+    losses = []
+    for autocast in (False, True):
+        model = _model(name, "auto").cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        scaler = torch.amp.GradScaler("cuda", enabled=autocast and dtype == torch.float16)
+        for _ in range(STEPS):
+            with torch.autocast("cuda", dtype=dtype, enabled=autocast):
+                out = model(ids[:, :-1])
+                loss = F.cross_entropy(out.logits.float().flatten(0, 1), ids[:, 1:].flatten())
+                total = loss + (out.aux_loss if out.aux_loss is not None else 0)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            losses.append(F.cross_entropy(model(ids[:, :-1]).logits.float().flatten(0, 1), ids[:, 1:].flatten()).item())
+    assert abs(losses[1] - losses[0]) <= LOSS_RTOL * losses[0], f"{name}: {losses[1]:.4f} under autocast, {losses[0]:.4f}"
