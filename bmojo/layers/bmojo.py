@@ -347,7 +347,8 @@ class BMojoMixer(Attention):
         cand_k, cand_v = gather_rows(state.k, slots), gather_rows(state.v, slots)
         if self.gate is not None:
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
-        pend = Entries(mem.pend_score[:, :C - 1], mem.pend_pos[:, :C - 1], M + torch.arange(C - 1, device=dev).expand(B, -1))
+        slots_before = M + torch.arange(C - 1, device=dev).expand(B, -1)  # the chunk's earlier tokens in the pool
+        pend = Entries(mem.pend_score[:, :C - 1], mem.pend_pos[:, :C - 1], slots_before)
         ev = eidetic_memory(score[:, None], start=state.pos, chunk=C, pending=pend, src_offset=M + C - 1,
                             memory=Entries(mem.score, mem.pos, torch.arange(M, device=dev).expand(B, M)),
                             rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)

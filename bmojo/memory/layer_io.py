@@ -77,11 +77,11 @@ def retrieve_step(store, q, i: int, *, window: int, chunk: int):
 
 
 def entries_from_evictions(q, table_k, table_v, ev, *, memory_size: int, chunk: int, window: int, topk: int):
-    """Training (`train_store_topk`, a forward from position 0, no store attached): the store a fresh sequence builds,
-    i.e. the
-    entries lost by each memory update (`ev`: bmojo.ops.eidetic.EideticOut), searched exactly as `LayerIndex.search` does (query i of block b
-    sees the losers of updates 0 .. b-1 at positions <= i - W; top-k per head by q.k), with gradients
-    through the retrieved keys and values.  Equals attaching a fresh exact store (tested)."""
+    """Training (`train_store_topk`, a forward from position 0, no store attached): the store a fresh sequence
+    builds, i.e. the entries lost by each memory update (`ev`: bmojo.ops.eidetic.EideticOut), searched exactly as
+    `LayerIndex.search` does (query i of block b sees the losers of updates 0 .. b-1 at positions <= i - W; top-k
+    per head by q.k), with gradients through the retrieved keys and values.  Equals attaching a fresh exact store
+    (tested)."""
     B, T, H, Dh = q.shape
     M, C, W, K = memory_size, chunk, window, topk
     Hk, n = table_k.shape[2], table_k.shape[1]  # table: [M empty slots | the stream from position 0]

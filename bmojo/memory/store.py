@@ -206,7 +206,8 @@ class LayerStore:
     def __len__(self) -> int:
         return self.count
 
-    def add(self, row: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left: torch.Tensor | None = None) -> None:
+    def add(self, row: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            left: torch.Tensor | None = None) -> None:
         """Entries of one sequence: pos (n,), k, v (n, Hk, Dh); left (n,): the first position that may read each
         (see bmojo.memory.index).  Searchable at once; written in the background.  A position already stored is
         skipped, so admitting the same evictions twice (a repeated call) changes nothing."""

@@ -101,4 +101,5 @@ def test_cuda_autocast_trains_like_fp32(name, dtype):
             opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             losses.append(F.cross_entropy(model(ids[:, :-1]).logits.float().flatten(0, 1), ids[:, 1:].flatten()).item())
-    assert abs(losses[1] - losses[0]) <= LOSS_RTOL * losses[0], f"{name}: {losses[1]:.4f} under autocast, {losses[0]:.4f}"
+    assert abs(losses[1] - losses[0]) <= LOSS_RTOL * losses[0], \
+        f"{name}: loss {losses[1]:.4f} under autocast, {losses[0]:.4f} in fp32"
