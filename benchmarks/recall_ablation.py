@@ -1,24 +1,24 @@
-"""One B'MOJO/baseline training run on the README's MQAR setting, for the memory ablations.
+"""One B'MOJO/baseline training run on the main job's MQAR setting, for the memory ablations.
 
     python benchmarks/recall_ablation.py LABEL PRESET STEPS LR ['{"ModelConfig field": value, ...}']
+        [--seed S] [--filler random|markov|phrase] [--lengths 4,16] [--out DIR]
 
 Setting: V=256, T=64, 8 pairs at the start, queries from position 32 (all beyond the window W=8), 2 layers,
 ~150k parameters (size_to_params), chunk 8, M=16, batch 64, warmup 50, eval on 512 held-out sequences every
-100 steps, one torch thread.  Writes benchmarks/results/recall_ablation/LABEL.json.  The README's ablation
-rows were made with (two runs at a time on a 2-core CPU):
+100 steps, one torch thread.  `--lengths` also evaluates at those multiples of T (pairs at the start, queries
+from 32k on) and records the decode-state bytes there.  Writes DIR/LABEL.json (default
+benchmarks/results/recall_ablation) and appends the same row to DIR/rows.jsonl.  Rows of the README's first
+ablation (two runs at a time on a 2-core CPU):
 
     python benchmarks/recall_ablation.py bmojo_inn bmojo 1500 3e-3
     python benchmarks/recall_ablation.py bmojo_random bmojo 1500 3e-3 '{"selector": "random"}'
-    python benchmarks/recall_ablation.py bmojo_recency bmojo 1500 3e-3 '{"selector": "recency"}'
-    python benchmarks/recall_ablation.py bmojo_sl1 bmojo 1500 3e-3 '{"score_layers": [1]}'
     python benchmarks/recall_ablation.py bmojo_gate bmojo 1500 3e-3 '{"selection_gate": true}'
-    python benchmarks/recall_ablation.py bmojo_gate_long bmojo 3000 3e-3 '{"selection_gate": true}'
-    python benchmarks/recall_ablation.py bmojo_M64 bmojo 1000 3e-3 '{"memory_size": 64}'
     python benchmarks/recall_ablation.py transformer transformer 1000 3e-3
-    python benchmarks/recall_ablation.py swa swa 1000 3e-3
+
+The selection ablation (benchmarks/results/selection_ablation) is `benchmarks/selection_ablation.sh`.
 """
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,39 +26,69 @@ import numpy as np
 import torch
 
 from bmojo import BMojoLM, size_to_params
-from bmojo.data.synthetic import batch_stream, make_task
-from bmojo.train import TrainConfig, train
-from bmojo.utils.runtime import tune_cpu_allocator
+from bmojo.data.synthetic import FILLERS, batch_stream, make_task
+from bmojo.train import TrainConfig, evaluate, train
+from bmojo.utils.runtime import machine, tune_cpu_allocator
+
+TASK = dict(vocab_size=256, seq_len=64, num_kv_pairs=8, query_start=32)
+MODEL = dict(vocab_size=256, n_layers=2, window=8, memory_size=16, chunk=8, n_heads=4, ssm_head_dim=16)
 
 
-def main():
-    if len(sys.argv) < 5:
-        print(__doc__)
-        return 2
+def _evals(opts: dict, n: int, seed: int, batch: int):
+    _, gen = make_task("mqar", **opts)
+    return [gen(batch, np.random.default_rng([seed, i])) for i in range(n // batch)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("label")
+    p.add_argument("preset")
+    p.add_argument("steps", type=int)
+    p.add_argument("lr", type=float)
+    p.add_argument("over", nargs="?", default="{}", help="ModelConfig overrides as JSON")
+    p.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
+    p.add_argument("--params", type=int, default=150_000, help="parameter target (default 150000)")
+    p.add_argument("--filler", default="random", choices=FILLERS, help="mqar filler (default random)")
+    p.add_argument("--lengths", default="", help="also evaluate at these multiples of T, e.g. 4,16")
+    p.add_argument("--out", default="benchmarks/results/recall_ablation", help="results folder")
+    a = p.parse_args(argv)
     tune_cpu_allocator()
     torch.set_num_threads(1)
-    label, preset_name, steps, lr = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    over = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-    task, gen = make_task("mqar", vocab_size=256, seq_len=64, num_kv_pairs=8, query_start=32)
-    evals = [gen(256, np.random.default_rng([999, i])) for i in range(2)]
-    kw = dict(vocab_size=256, n_layers=2, window=8, memory_size=16, chunk=8, n_heads=4, ssm_head_dim=16,
-              max_seq_len=64)
-    kw.update(over)
-    cfg = size_to_params(preset_name, 150_000, **kw)
-    torch.manual_seed(0)
+    over = json.loads(a.over)
+    factors = [int(k) for k in a.lengths.split(",") if k]
+    task = {**TASK, "filler": a.filler}
+    _, gen = make_task("mqar", **task)
+    evals = _evals(task, 512, 999 + 1000 * a.seed, 256)
+    cfg = size_to_params(a.preset, a.params, **{**MODEL, "max_seq_len": 64 * max(factors, default=1), **over})
+    torch.manual_seed(a.seed)
     m = BMojoLM(cfg)
     t = time.perf_counter()
-    res = train(m, TrainConfig(steps=steps, batch_size=64, lr=lr, warmup=50, eval_every=100, progress=False,
-                               target_acc=0.995), batch_stream(gen, 64, 0), eval_batches=evals)
-    out = dict(label=label, preset=preset_name, over=over, d=cfg.d_model, params=m.num_params(),
-               state=m.state_bytes(64), steps=res.steps, sec=time.perf_counter() - t, acc=res.eval["acc"],
-               curve=[round(h["eval_acc"], 3) for h in res.history if "eval_acc" in h])
+    res = train(m, TrainConfig(steps=a.steps, batch_size=64, lr=a.lr, warmup=50, eval_every=100, progress=False,
+                               target_acc=0.995, seed=a.seed), batch_stream(gen, 64, a.seed), eval_batches=evals)
+    out = dict(label=a.label, preset=a.preset, over=over, seed=a.seed, filler=a.filler, d=cfg.d_model,
+               params=m.num_params(), state=m.state_bytes(64), steps=res.steps, sec=time.perf_counter() - t,
+               acc=res.eval["acc"], curve=[round(h["eval_acc"], 3) for h in res.history if "eval_acc" in h])
+    mixers = [b.mixer for b in m.layers if getattr(b.mixer, "memory_size", 0) > 0]
+    if mixers:  # diagnostic: the same weights reading every past token (memory of T): is selection the brake?
+        sizes = [x.memory_size for x in mixers]
+        for x in mixers:
+            x.memory_size = 64
+        out["acc_memory_all"] = evaluate(m, evals)["acc"]
+        for x, n in zip(mixers, sizes):
+            x.memory_size = n
+    for k in factors:  # the pairs stay at the start; queries from 32k on, so every one is far beyond the window
+        opts = {**task, "seq_len": 64 * k, "query_start": 32 * k}
+        out[f"acc_x{k}"] = evaluate(m, _evals(opts, 256, 4242 + k, 32))["acc"]
+        out[f"state_x{k}"] = m.state_bytes(64 * k)
+    out["machine"] = machine()
     print(json.dumps(out), flush=True)
-    dest = Path("benchmarks/results/recall_ablation")
+    dest = Path(a.out)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"{label}.json").write_text(json.dumps(out, indent=1))
+    (dest / f"{a.label}.json").write_text(json.dumps(out, indent=1))
+    with open(dest / "rows.jsonl", "a") as f:
+        f.write(json.dumps(out) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

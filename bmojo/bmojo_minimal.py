@@ -40,23 +40,28 @@ def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor
     return in_mem
 
 
-def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None):
+def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, mem_bias=None, fading_bias=None):
     """q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh) from position 0; in_mem (B, T, T) or None;
-    mem_v: the values memory entries carry (default v)."""
+    mem_v: the values memory entries carry (default v); mem_bias (B, T): a logit added to memory entry j;
+    fading_bias (scalar): a logit added to every fading key."""
     B, T, H, Dh = q.shape
     rep = H // k.shape[2]
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
-    keys, vals, masks = [], [], []
+    keys, vals, masks, biases = [], [], [], []
     if in_mem is not None:
         keys.append(k); vals.append(v if mem_v is None else mem_v); masks.append(in_mem & (j <= i - window))
+        biases.append(mem_bias if mem_bias is not None else torch.zeros(B, T))
     if fk is not None:
         keys.append(fk); vals.append(fv); masks.append(((j > i - 2 * window) & (j <= i - window)).expand(B, T, T))
+        biases.append(torch.zeros(B, T) + (fading_bias if fading_bias is not None else 0.0))
     keys.append(k); vals.append(v); masks.append(((j > i - window) & (j <= i)).expand(B, T, T))
+    biases.append(torch.zeros(B, T))
     K = torch.cat(keys, 1).repeat_interleave(rep, dim=2)  # (B, S, H, Dh)
     V = torch.cat(vals, 1).repeat_interleave(rep, dim=2)
     mask = torch.cat(masks, -1)  # (B, T, S)
     s = torch.einsum("bihd,bjhd->bhij", q, K) / math.sqrt(Dh)
+    s = s + torch.cat(biases, 1)[:, None, None, :]  # per key: the gate's log-sigmoid, the fading offset, or 0
     s = s.masked_fill(~mask[:, None], float("-inf"))
     return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), V)
 
@@ -75,7 +80,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
     v = mixer.v_proj(a).view(B, T, Hk, Dh)
     ssm = getattr(mixer, "ssm", None)
     f = ssm(x, return_state=False)[0] if ssm is not None else None
-    fk = fv = in_mem = mem_v = None
+    fk = fv = in_mem = mem_v = mem_bias = None
     if getattr(mixer, "fading", False):
         kp, vp = (mixer.fk_proj, mixer.fv_proj) if hasattr(mixer, "fk_proj") else (mixer.k_proj, mixer.v_proj)
         fk = rope_complex(kp(f).view(B, T, Hk, Dh), mixer.rope_theta, mixer.rope_fraction)
@@ -87,14 +92,19 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
             scores = (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)
         elif mixer.selector == "norm":
             scores = (x - f_prev).pow(2).mean(-1)
+        elif mixer.selector == "none":
+            scores = torch.zeros(B, T)
         else:
             from bmojo.layers.scorers.position import position_scores
             scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
         if getattr(mixer, "gate", None) is not None:  # learned selection gate
             g = mixer.gate(x)[..., 0]
             scores = scores + g
-            mem_v = v * torch.sigmoid(g)[..., None, None]
+            if mixer.gate_read == "logit":  # log sigmoid(g) joins the entry's logit
+                mem_bias = -F.softplus(-g)
+            else:  # stored values scaled by sigmoid(g)
+                mem_v = v * torch.sigmoid(g)[..., None, None]
         in_mem = prefix_topk_memory(scores.detach(), mixer.chunk, mixer.memory_size)
-    o = dense_attention(q, k, v, W, fk, fv, in_mem, mem_v)
+    o = dense_attention(q, k, v, W, fk, fv, in_mem, mem_v, mem_bias, getattr(mixer, "fading_bias", None))
     y = mixer.o_proj(o.reshape(B, T, H * Dh))
     return y + f if getattr(mixer, "ssm_residual", False) else y

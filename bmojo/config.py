@@ -17,6 +17,7 @@ LAYER_KINDS = {
     "B": "B'MOJO: window + fading tokens + eidetic memory",
 }
 SSM_KINDS = ("mamba1", "mamba2")
+GATE_READS = ("value", "logit")
 IMPLS = ("ref", "fast", "fused", "auto")
 
 
@@ -85,12 +86,27 @@ class ModelConfig:
     score_layers: tuple[int, ...] | None = _f(None, "layer indices that run `selector`; other B layers use "
                                                   "recency; None = every B layer")
     selection_gate: bool = _f(False, "learn a per-token gate g = w.x through the task: g adds to the eidetic "
-                                     "priority and stored values are scaled by sigmoid(g)")
+                                     "priority, and the task reaches it as `gate_read` says")
+    gate_read: str = _f("value", f"how the selection gate reaches the task loss, one of {GATE_READS}: value = "
+                                 "stored values are scaled by sigmoid(g); logit = log sigmoid(g) is added to the "
+                                 "entry's attention logit (values unscaled)")
+    train_memory_anneal: float = _f(0.0, "fraction of training over which the training pool shrinks linearly "
+                                         "from train_memory_size to memory_size (0 = it stays at "
+                                         "train_memory_size), so training ends on the memory it is evaluated with")
+    gate_penalty: float = _f(0.0, "weight of a sparsity penalty mean(sigmoid(g)) on the selection gate, added to the "
+                                  "auxiliary loss: every token's gate is pushed down, so only those the task pulls "
+                                  "up stay above the cut")
+    train_memory_size: int | None = _f(None, "eidetic capacity of a training forward from an empty state (None = "
+                                             "memory_size): a larger pool gives the candidates below the cut a "
+                                             "gradient through the gate; evaluation and decoding keep memory_size")
     train_store_topk: int = _f(0, "> 0: a training forward from the start of a sequence also reads a long-term "
                                   "store (bmojo.memory) built from the sequence's own evicted entries, retrieving "
                                   "this many per query and head (exact search), so the model learns to use one")
     fading: bool = _f(True, "B layers attend to the fading (SSM) keys; off leaves window + memory")
     tie_fading: bool = _f(True, "fading keys/values use the raw tokens' k/v projections")
+    fading_gate: float | None = _f(None, "a learned logit offset on every fading key, starting at this value (e.g. "
+                                         "-4: the fading segment starts nearly switched off and the task opens it); "
+                                         "None = no offset")
     attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
     attn_conv_size: int = _f(4, "kernel size of attn_conv")
     ssm_residual: bool = _f(False, "add the SSM output f to the F/B mixer output (y = Wo o + f)")
@@ -182,6 +198,20 @@ class ModelConfig:
         need(0.0 < self.memory_decay <= 1.0, "memory_decay", "must be in (0, 1]")
         need(isinstance(self.train_store_topk, int) and self.train_store_topk >= 0, "train_store_topk",
              "must be an integer >= 0")
+        need(self.fading_gate is None or math.isfinite(self.fading_gate), "fading_gate", "must be None or finite")
+        need(isinstance(self.gate_penalty, (int, float)) and self.gate_penalty >= 0, "gate_penalty", "must be >= 0")
+        need(self.gate_read in GATE_READS, "gate_read", f"allowed: {GATE_READS}")
+        need(self.train_memory_size is None or (isinstance(self.train_memory_size, int)
+                                                and self.train_memory_size >= self.memory_size),
+             "train_memory_size", f"must be None or an integer >= memory_size={self.memory_size}")
+        need(isinstance(self.train_memory_anneal, (int, float)) and 0 <= self.train_memory_anneal <= 1,
+             "train_memory_anneal", "must be in [0, 1]")
+        need(self.train_memory_anneal == 0 or self.train_memory_size is not None, "train_memory_anneal",
+             "needs train_memory_size (the pool it shrinks from)")
+        need(self.train_memory_size is None or self.train_store_topk == 0, "train_memory_size",
+             "cannot be combined with train_store_topk (the store is built from memory_size's evictions)")
+        need(self.train_memory_size is None or self.memory_rule == "topk", "train_memory_size",
+             "needs memory_rule='topk'")
         need(self.score_layers is None or all(isinstance(i, int) and 0 <= i < self.n_layers
                                               for i in self.score_layers),
              "score_layers", f"must be None or layer indices in 0 .. {self.n_layers - 1}")

@@ -23,6 +23,9 @@ DEFAULT_MODEL = {"n_layers": 2, "window": 8, "chunk": 8, "memory_size": 16, "n_h
                  "selection_gate": True}
 
 
+FRONTIER = {"memory_sizes": "4,8,32", "windows": "16,32", "d_states": "4,64"}
+
+
 def _task_fields() -> dict:
     """Every task option (union over tasks) -> (field, tasks that have it)."""
     opts: dict[str, tuple] = {}
@@ -44,10 +47,15 @@ def add_parser(sub) -> None:
     p.add_argument("--sweep", default="3e-3", help="comma-separated learning rates; each model keeps its best")
     p.add_argument("--target-acc", type=float, default=0.995, help="stop a run once eval accuracy reaches this")
     p.add_argument("--eval-examples", type=int, default=512, help="held-out sequences for evaluation")
-    p.add_argument("--length-factors", default="", help="also evaluate at these multiples of seq_len, e.g. 4,16")
+    p.add_argument("--length-factors", default="4,16", help="also evaluate at these multiples of seq_len (with mqar "
+                   "the pairs stay at the start and the queries move to the end); '' for none")
     p.add_argument("--selectors", default="", help="memory ablation: train bmojo once per eidetic scorer, "
                    "e.g. innovation,norm,random,recency (equal memory size, selection gate off)")
     p.add_argument("--memory-sizes", default="", help="memory sweep: train bmojo once per M, e.g. 4,8,16,32")
+    p.add_argument("--windows", default="", help="window sweep: train swa once per W, e.g. 16,32")
+    p.add_argument("--d-states", default="", help="state sweep: train mamba once per d_state, e.g. 4,64")
+    p.add_argument("--frontier", action="store_true", help="the state frontier (Zoology's figure): adds the sweeps "
+                   f"{FRONTIER} to the presets, so the plot shows accuracy against decode-state bytes")
     p.add_argument("--model-opt", action="append", default=[], metavar="FIELD=VALUE",
                    help="ModelConfig override for every run (repeatable), e.g. n_layers=2, window=8, attn_conv=false; "
                    f"built-in: {DEFAULT_MODEL}")
@@ -80,8 +88,13 @@ def build_spec(args) -> CompareSpec:
     runs = [RunSpec(p, p) for p in presets]
     for s in [s for s in args.selectors.split(",") if s]:
         runs.append(RunSpec(f"bmojo[{s}]", "bmojo", {"selector": s, "selection_gate": False}))
-    for m in [int(m) for m in args.memory_sizes.split(",") if m]:
+    sweeps = {k: getattr(args, k) or (FRONTIER[k] if args.frontier else "") for k in FRONTIER}
+    for m in [int(m) for m in sweeps["memory_sizes"].split(",") if m]:
         runs.append(RunSpec(f"bmojo[M={m}]", "bmojo", {"memory_size": m}))
+    for w in [int(w) for w in sweeps["windows"].split(",") if w]:
+        runs.append(RunSpec(f"swa[W={w}]", "swa", {"window": w, "chunk": None}))
+    for n in [int(n) for n in sweeps["d_states"].split(",") if n]:
+        runs.append(RunSpec(f"mamba[N={n}]", "mamba", {"d_state": n}))
     lrs = tuple(float(x) for x in args.sweep.split(",") if x)
     factors = tuple(int(x) for x in args.length_factors.split(",") if x)
     return CompareSpec(runs=runs, task=args.task, task_options=task_opts, model=model, params=args.params,

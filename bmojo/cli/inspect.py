@@ -3,7 +3,11 @@
 Writes OUT/inspect.html (self-contained: no network), OUT/inspect.png and OUT/inspect.json. For every layer
 they show each token's innovation score, the tokens that entered the eidetic memory and those that went on to the
 long-term store, and, for every query, the share of its attention that went to the raw window, the fading tokens,
-the eidetic tokens and the store (a scratch store is attached for the read)."""
+the eidetic tokens and the store (a scratch store is attached for the read).
+
+A checkpoint trained on a synthetic task (`bmojo compare`, `bmojo train --task`) is read on one sequence of that
+task (`--example SEED`): tokens are labelled by role (mqar: K/V pairs, ? queries, . filler) and the summary says how
+many of the tokens the task needs the memory kept."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +20,10 @@ import torch
 def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="HTML + PNG of memory choices and attention shares on a text",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint with a tokenizer (`bmojo train`)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint: with a tokenizer (read --text or --file) or "
+                   "trained on a synthetic task (read --example)")
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--example", type=int, metavar="SEED", help="read one sequence of the checkpoint's task")
     src.add_argument("--text", help="the text to read")
     src.add_argument("--file", help="a UTF-8 text file to read")
     p.add_argument("--max-tokens", type=int, default=2048, help="read at most this many tokens of the text")
@@ -27,11 +33,17 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from bmojo.config import ConfigError
-    from bmojo.eval.inspect import report, write_html, write_png
-    from bmojo.train.checkpoint import load_lm_checkpoint
+    from bmojo.eval.inspect import task_example
+    from bmojo.train.checkpoint import load_checkpoint, load_lm_checkpoint
 
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens={args.max_tokens}: must be >= 1")
+    if args.example is not None:
+        model, meta = load_checkpoint(args.checkpoint)
+        if "task" not in meta:
+            raise ConfigError(f"{args.checkpoint}: the checkpoint names no synthetic task; read --text or --file")
+        ids, texts, keep = task_example(meta["task"], meta.get("task_options", {}), args.example)
+        return _write(args, model, ids, texts, keep)
     model, _, tok = load_lm_checkpoint(args.checkpoint)
     if args.file is not None:
         try:
@@ -46,10 +58,19 @@ def run(args) -> int:
     if ids.numel() > model.cfg.max_seq_len:
         raise ConfigError(f"{ids.numel()} tokens exceed the model's max_seq_len {model.cfg.max_seq_len}; "
                           "lower --max-tokens")
+    return _write(args, model, ids, [tok.decode([int(i)]) for i in ids])
+
+
+def _write(args, model, ids, texts, keep=None) -> int:
+    from bmojo.config import ConfigError
+    from bmojo.eval.inspect import kept_summary, report, write_html, write_png
+
     try:
-        rep = report(model, ids, [tok.decode([int(i)]) for i in ids])
+        rep = report(model, ids, texts)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if keep is not None:
+        rep["task_keep"] = keep
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "inspect"
     out.mkdir(parents=True, exist_ok=True)
     (out / "inspect.json").write_text(json.dumps(rep))
@@ -59,5 +80,7 @@ def run(args) -> int:
         print(f"layer {L['index']} ({L['kind']}): {sum(L['in_memory'])} tokens entered memory, "
               f"{sum(L['in_store'])} went to the store; attention share "
               + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    if keep is not None:
+        print("\n".join(kept_summary(rep, keep)))
     print("wrote " + ", ".join(str(f) for f in files) + f", {out / 'inspect.json'}")
     return 0

@@ -23,6 +23,9 @@ import torch
 from bmojo.config import ConfigError, _f, checked_kwargs
 
 IGNORE = -100
+FILLERS = ("random", "markov", "phrase")
+MARKOV_STAY = 0.9  # markov filler: probability of the fixed successor (else a uniform token)
+PHRASE_LEN = 16  # phrase filler: length of the repeated phrase
 
 
 class _TaskConfig:
@@ -43,11 +46,15 @@ class MQARConfig(_TaskConfig):
     num_kv_pairs: int = _f(8, "key-value pairs per sequence (each queried once)")
     power_a: float = _f(0.01, "power-law exponent a of the query gaps (smaller = queries nearer query_start)")
     query_start: int | None = _f(None, "first position a query may take; None = right after the pairs")
-    random_non_queries: bool = _f(True, "fill every other position with random tokens (else 0)")
+    random_non_queries: bool = _f(True, "fill every other position with filler tokens (else 0)")
+    filler: str = _f("random", f"what fills the other positions, one of {FILLERS}: random = uniform over the "
+                               "vocabulary; markov = a fixed low-entropy Markov chain; phrase = one fixed phrase "
+                               "repeated (a predictable source, so that a surprising token carries information)")
     name = "mqar"
 
     def __post_init__(self):
         P = self.num_kv_pairs
+        self._need(self.filler in FILLERS, "filler", f"allowed: {FILLERS}")
         self._need(self.num_kv_pairs > 0, "num_kv_pairs", "must be positive")
         self._need(self.vocab_size // 2 - 1 >= P, "vocab_size",
                    f"too small for {P} pairs: keys come from 1 .. V/2-1, so V must be >= {2 * P + 2}")
@@ -65,6 +72,31 @@ class MQARConfig(_TaskConfig):
         return self.query_start if self.query_start is not None else 2 * self.num_kv_pairs
 
 
+def filler_tokens(kind: str, batch: int, T: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, T) filler from [lo, hi).  `random`: uniform.  `markov`: token t+1 is succ[token t] with probability
+    MARKOV_STAY, else uniform, for one fixed permutation succ of [lo, hi) (the same in every sequence: a source a
+    model can learn to predict).  `phrase`: one fixed phrase of PHRASE_LEN tokens repeated from a random offset."""
+    n = hi - lo
+    if kind == "random":
+        return rng.integers(lo, hi, (batch, T))
+    fixed = np.random.default_rng([n, 8209])  # the source is a function of its range only, never of the data seed
+    if kind == "phrase":
+        phrase = fixed.integers(lo, hi, PHRASE_LEN)
+        offset = rng.integers(0, PHRASE_LEN, (batch, 1))
+        return phrase[(offset + np.arange(T)[None]) % PHRASE_LEN]
+    if kind != "markov":
+        raise ValueError(f"filler must be one of {FILLERS}, got {kind!r}")
+    succ = fixed.permutation(n)
+    out = np.empty((batch, T), dtype=np.int64)
+    jump, uniform = rng.random((batch, T)) >= MARKOV_STAY, rng.integers(0, n, (batch, T))
+    cur = uniform[:, 0]
+    out[:, 0] = cur
+    for t in range(1, T):  # T steps of (batch,) numpy ops: cheap beside training
+        cur = np.where(jump[:, t], uniform[:, t], succ[cur])
+        out[:, t] = cur
+    return out + lo
+
+
 def _distinct(rng: np.random.Generator, lo: int, hi: int, batch: int, n: int) -> np.ndarray:
     """(batch, n) distinct integers per row from [lo, hi)."""
     return np.argsort(rng.random((batch, hi - lo)), axis=1)[:, :n] + lo
@@ -74,7 +106,8 @@ def mqar(cfg: MQARConfig, batch: int, rng: np.random.Generator):
     V, T, P = cfg.vocab_size, cfg.seq_len, cfg.num_kv_pairs
     keys = _distinct(rng, 1, V // 2, batch, P)
     values = _distinct(rng, V // 2, V, batch, P)
-    inputs = rng.integers(0, V, (batch, T)) if cfg.random_non_queries else np.zeros((batch, T), dtype=np.int64)
+    inputs = filler_tokens(cfg.filler, batch, T, 0, V, rng) if cfg.random_non_queries \
+        else np.zeros((batch, T), dtype=np.int64)
     inputs[:, 0:2 * P:2], inputs[:, 1:2 * P:2] = keys, values
     space = (T - cfg.start) // 2
     p = cfg.power_a * np.arange(1, space + 1) ** (cfg.power_a - 1)
@@ -197,10 +230,12 @@ class PasskeyConfig(_TaskConfig):
     seq_len: int = _f(256, "sequence length")
     digits: int = _f(4, "passkey length")
     depth: float | None = _f(None, "needle position as a fraction of the context (None = uniform at random)")
+    filler: str = _f("random", f"the haystack, one of {FILLERS} (as mqar's filler), over tokens 12 .. V-1")
     name = "passkey"
 
     def __post_init__(self):
         self._need(self.vocab_size >= 13, "vocab_size", "must be >= 13 (markers, ten digits, filler)")
+        self._need(self.filler in FILLERS, "filler", f"allowed: {FILLERS}")
         self._need(self.digits > 0, "digits", "must be positive")
         self._need(self.seq_len >= 2 * self.digits + 2, "seq_len", f"must be >= {2 * self.digits + 2}")
         self._need(self.depth is None or 0 <= self.depth <= 1, "depth", "must be in [0, 1] or None")
@@ -208,7 +243,7 @@ class PasskeyConfig(_TaskConfig):
 
 def passkey(cfg: PasskeyConfig, batch: int, rng: np.random.Generator):
     T, n = cfg.seq_len, cfg.digits
-    inputs = rng.integers(12, cfg.vocab_size, (batch, T))
+    inputs = filler_tokens(cfg.filler, batch, T, 12, cfg.vocab_size, rng)
     labels = np.full((batch, T), IGNORE, dtype=np.int64)
     key = rng.integers(2, 12, (batch, n))
     room = T - 2 * n  # needle starts 0 .. room-1 end before the query marker at T-n

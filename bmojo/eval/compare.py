@@ -84,6 +84,7 @@ def _one_run(args) -> dict:
         if spec.task == "mqar" and opts.get("query_start") is not None:
             opts["query_start"] = opts["query_start"] * k
         row[f"acc_x{k}"] = evaluate(model, _eval_batches(spec.task, opts, spec.eval_examples // 2, spec.seed + k, 32))["acc"]
+        row[f"state_bytes_x{k}"] = model.state_bytes(T * k)
     return row
 
 
@@ -130,10 +131,16 @@ def run_jobs(fn, jobs: list, workers: int, log, describe) -> list:
 
 
 def format_table(rows: list[dict], factors=()) -> str:
-    head = ["model", "params", "state bytes", "lr", "acc"] + [f"acc x{k}" for k in factors] + ["steps", "train s"]
-    return render_table(head, [[r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}",
-                                f"{r['acc']:.3f}"] + [f"{r[f'acc_x{k}']:.3f}" for k in factors]
-                               + [str(r["steps"]), f"{r['train_seconds']:.0f}"] for r in rows])
+    head = ["model", "params", "state bytes", "lr", "acc"]
+    for k in factors:
+        head += [f"acc x{k}", f"bytes x{k}"]
+    body = []
+    for r in rows:
+        line = [r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}", f"{r['acc']:.3f}"]
+        for k in factors:
+            line += [f"{r[f'acc_x{k}']:.3f}", f"{r[f'state_bytes_x{k}']:,}"]
+        body.append(line + [str(r["steps"]), f"{r['train_seconds']:.0f}"])
+    return render_table(head + ["steps", "train s"], body)
 
 
 def render_table(head: list[str], rows: list[list[str]]) -> str:
@@ -153,11 +160,18 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.scatter(r["state_bytes"], r["acc"], s=40)
-        ax.annotate(r["label"], (r["state_bytes"], r["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    factors = sorted(int(k[5:]) for k in rows[0] if k.startswith("acc_x")) if rows else []
+    for r in rows:  # one point per evaluated length (1x, then each factor), joined by a line
+        xs = [r["state_bytes"]] + [r[f"state_bytes_x{k}"] for k in factors]
+        ys = [r["acc"]] + [r[f"acc_x{k}"] for k in factors]
+        line, = ax.plot(xs, ys, marker="o", ms=5)
+        ax.annotate(r["label"], (xs[0], ys[0]), textcoords="offset points", xytext=(5, 4), fontsize=8,
+                    color=line.get_color())
+        for k, x, y in zip(factors, xs[1:], ys[1:]):
+            ax.annotate(f"{k}x", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7, color="gray")
     ax.set_xscale("log")
-    ax.set_xlabel("decode-state bytes at the training length")
+    ax.set_xlabel("decode-state bytes" + (f" (points: 1x, {', '.join(f'{k}x' for k in factors)} the training length)"
+                                          if factors else " at the training length"))
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.05)
     ax.set_title(title, fontsize=9)

@@ -63,6 +63,46 @@ def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> d
             "config": {k: model.cfg.to_dict()[k] for k in ("pattern", "window", "chunk", "memory_size", "selector")}}
 
 
+def task_example(task: str, options: dict, seed: int = 0):
+    """One sequence of a synthetic task, for inspecting a model trained on it: (ids (T,), token texts, the
+    positions the task needs remembered).  Texts name each token's role: mqar `K12`/`V140` for the pairs, `?12`
+    for a query, `.37` for filler; passkey `[N]`, `#7` for the needle and its digits, `[Q]` for the query."""
+    import numpy as np
+
+    from bmojo.data.synthetic import make_task
+
+    cfg, gen = make_task(task, **options)
+    x, y = gen(1, np.random.default_rng([seed, 31337]))
+    ids, labels = x[0], y[0]
+    T, text, keep = ids.shape[0], [], []
+    if task == "mqar":
+        P = cfg.num_kv_pairs
+        for t, i in enumerate(ids.tolist()):
+            text.append(("K" if t % 2 == 0 else "V") + str(i) if t < 2 * P else
+                        ("?" + str(i) if labels[t] >= 0 else "." + str(i)))
+        keep = list(range(2 * P))
+    elif task == "passkey":
+        n, q = cfg.digits, T - cfg.digits
+        start = int((ids[:q] == 0).nonzero()[-1])
+        keep = list(range(start, start + n + 1))
+        for t, i in enumerate(ids.tolist()):
+            text.append("[N]" if t == start else "[Q]" if t == q else
+                        "#" + str(i - 2) if (start < t <= start + n or t > q) else "." + str(i))
+    else:
+        text = [str(i) for i in ids.tolist()]
+    return ids, [t + " " for t in text], keep
+
+
+def kept_summary(rep: dict, keep: list[int]) -> list[str]:
+    """One line per layer: how many of the positions the task needs the eidetic memory held."""
+    lines = []
+    for L in rep["layers"]:
+        held = [p for p in keep if L["in_memory"][p]]
+        lines.append(f"layer {L['index']} ({L['kind']}): the memory held {len(held)} of the {len(keep)} tokens the "
+                     f"task needs remembered, and {sum(L['in_memory']) - len(held)} others")
+    return lines
+
+
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bmojo inspect: {title}</title>
 <style>

@@ -12,6 +12,11 @@ baseline), and once per chunk of C tokens the memory keeps the M candidates of h
 one op without a loop).  P is trained only by its own auxiliary loss on detached inputs, returned with the output
 (`MixerOutput.aux_loss`), so it never changes the main gradients.
 `memory_size=0` gives B'MOJO-F; `fading=False, memory_size=0` gives sliding-window attention.
+Selection that learns (`selection_gate`): a gate g_t = w.x_t adds to the priority; with gate_read="logit" its
+log-sigmoid is added to the entry's attention logit (values unscaled, neutral at init), so every candidate in the
+memory gets a gradient, and `train_memory_size` > M lets a training forward keep more candidates than M (all of
+them when >= T) while evaluation and decoding keep the hard top-M; `gate_penalty` pushes every gate down.
+`fading_gate` adds one learned logit offset to the fading keys (e.g. starting switched off).
 Long-term store (bmojo.memory): with a store in the state, the tokens that leave the memory go there and each
 query also reads its top-k entries; `train_store_topk` makes a training forward read the store its own
 evictions would build, so that a model learns to use one.  The store is read and written at the layer's edge, once
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bmojo.config import ModelConfig
 from bmojo.layers.attention import Attention, AttentionState, ring_from_stream, ring_positions, ring_read
@@ -46,6 +52,7 @@ class MemoryState(LayerState):
     pend_pos: torch.Tensor  # (B, C)
     f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
     pend_gate: torch.Tensor | None = None  # (B, C) selection-gate logits of the current chunk's tokens
+    gate: torch.Tensor | None = None  # (B, M) the entries' gate logits (gate_read="logit": read as a logit bias)
 
 
 @dataclass
@@ -55,6 +62,11 @@ class BMojoState(AttentionState):
     fv: torch.Tensor | None = None
     mem: MemoryState | None = None
     store: object | None = None  # bmojo.memory.LayerStore: the long-term store, when one is attached
+
+
+def gather_logits(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """table (B, n), src (B, ...) row indices (-1 = empty, read as row 0) -> (B, ...)."""
+    return table.gather(1, src.clamp(min=0).reshape(src.shape[0], -1)).view(src.shape)
 
 
 def gather_rows(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -75,11 +87,15 @@ class _Eidetic:
     aux_loss: torch.Tensor | None
     f_prev0: torch.Tensor
     g_stream: torch.Tensor | None
+    table_g: torch.Tensor | None  # (B, M + stream) gate logits beside the table (gate_read="logit")
 
     def attention_kw(self) -> dict:
         src = self.ev.blocks.src
-        return dict(mem_k=gather_rows(self.table_k, src), mem_v=gather_rows(self.table_v, src),
-                    mem_pos=self.ev.blocks.pos)
+        kw = dict(mem_k=gather_rows(self.table_k, src), mem_v=gather_rows(self.table_v, src),
+                  mem_pos=self.ev.blocks.pos)
+        if self.table_g is not None:
+            kw["mem_bias"] = F.logsigmoid(gather_logits(self.table_g, src))
+        return kw
 
 
 def _rename_predictor(state_dict, prefix, *args):
@@ -101,13 +117,18 @@ class BMojoMixer(Attention):
         self.ssm_residual = cfg.ssm_residual
         self.uses_f_prev = self.memory_size > 0 and scorer_uses_f_prev(self.selector)
         self.ssm = make_ssm(cfg, self.backend) if (self.fading or self.ssm_residual or self.uses_f_prev) else None
+        self.fading_bias = None
+        if self.fading and cfg.fading_gate is not None:  # one learned logit offset on the fading segment
+            self.fading_bias = nn.Parameter(torch.tensor(float(cfg.fading_gate)))
         if not cfg.tie_fading and self.fading:
             Hk, Dh = cfg.kv_heads, cfg.head_dim
             self.fk_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
             self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
         # (built after the SSM: module construction draws random numbers, so this order keeps seeded inits)
         self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
-        self.gate = None
+        self.gate, self.gate_read = None, cfg.gate_read
+        self.train_memory_size = (cfg.train_memory_size or self.memory_size) if self.memory_size else 0
+        self.gate_penalty, self.anneal, self.progress = cfg.gate_penalty, cfg.train_memory_anneal, 0.0
         if self.memory_size > 0 and cfg.selection_gate:
             self.gate = nn.Linear(cfg.d_model, 1, bias=False)  # a bias would shift every priority alike
             self.gate._no_reinit = True
@@ -140,8 +161,9 @@ class BMojoMixer(Attention):
 
     # ---- parallel mode ----------------------------------------------------------------------------------
     def forward(self, x, state=None, return_state=True, record=False) -> MixerOutput:
-        """x (B, T, D) -> MixerOutput (y (B, T, D), state; aux_loss: the scorer's; record: with record=True,
-        the attention shares, scores and memory positions, computed beside the kernel, never instead of it)."""
+        """x (B, T, D) -> MixerOutput (y (B, T, D), state; aux_loss: the scorer's and the gate's penalty; record:
+        with record=True, the attention shares, scores and memory positions, computed beside the kernel, never
+        instead of it)."""
         check_call(self, x, state)
         B, T, D = x.shape
         t0 = state.pos if state is not None else 0
@@ -155,12 +177,14 @@ class BMojoMixer(Attention):
         # 3. fading tokens fk, fv = Wk f, Wv f, with their own delay line of 2W
         fks, fvs, f_start = self._fading_stream(f, cos, sin, state, t0)
         # 4. eidetic memory: scores -> the memory update (bmojo.ops.eidetic) -> each query block's entries
-        mem = self._eidetic(x, f, vs, ks, state, t0, k_start) if self.memory_size > 0 else None
+        mem = self._eidetic(x, f, vs, ks, state, t0, k_start, return_state) if self.memory_size > 0 else None
         # 5. the long-term store's top-k for each query, as one more key segment
         extra = self._store_entries(q, state, t0, mem) if mem is not None else None
         # 6. one softmax over [store | eidetic | fading | raw window]
         kw = dict(chunk=self.chunk, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start, scale=self.scale,
                   extra=extra, **(mem.attention_kw() if mem is not None else {}))
+        if self.fading_bias is not None:
+            kw["fading_bias"] = self.fading_bias
         o = self.backend.window_attention(q, ks, vs, self.window, **kw)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
@@ -198,20 +222,38 @@ class BMojoMixer(Attention):
         hv, _ = ring_read(state.fv, t0, 2 * self.window)
         return torch.cat([hk, fk], 1), torch.cat([hv, fv], 1), f_start
 
-    def _eidetic(self, x, f, vs, ks, state, t0, k_start) -> "_Eidetic":
+    def _capacity(self, state, return_state) -> int:
+        """The memory's slots in this call: for a training forward from an empty state that returns no state,
+        `train_memory_size`, shrinking linearly to memory_size over the first `train_memory_anneal` of training
+        (`progress`, set by BMojoLM.set_progress); else memory_size."""
+        if not (self.training and state is None and not return_state):
+            return self.memory_size
+        done = min(1.0, self.progress / self.anneal) if self.anneal > 0 else 0.0
+        return round(self.train_memory_size - done * (self.train_memory_size - self.memory_size))
+
+    def _eidetic(self, x, f, vs, ks, state, t0, k_start, return_state) -> "_Eidetic":
         """Scores (plus the gate), the memory update over the key/value table, and what attention reads."""
-        B, M = x.shape[0], self.memory_size
+        B, M = x.shape[0], self._capacity(state, return_state)
         f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, self.d_model)
         scores, aux = self._scores(x, f, f_prev0, t0)
         innovation = scores
-        gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained via memory values
+        gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained through what is read
         if gate is not None:
             scores = scores + gate.detach()
-        vs_mem, g_stream = self._gated_values(vs, gate, state, t0, k_start)
-        table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0)
+            if self.training and self.gate_penalty > 0 and gate.numel():  # sparsity: only what the task pulls up stays high
+                pen = self.gate_penalty * torch.sigmoid(gate.float()).mean()
+                aux = pen if aux is None else aux + pen
+        g_stream = self._gate_stream(gate, state, t0, k_start)
+        vs_mem, table_g = vs, None
+        if g_stream is not None and self.gate_read == "value":
+            vs_mem = vs * torch.sigmoid(g_stream)[..., None, None]
+        elif g_stream is not None:
+            g_mem = state.mem.gate.to(g_stream.dtype) if state is not None else g_stream.new_zeros(B, M)
+            table_g = torch.cat([g_mem, g_stream], 1)
+        table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0, M)
         ev = eidetic_memory(scores, start=t0, chunk=self.chunk, memory=mem0, pending=pend,
                             src_offset=M + t0 - k_start, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
-        return _Eidetic(ev, table_k, table_v, innovation, aux, f_prev0, g_stream)
+        return _Eidetic(ev, table_k, table_v, innovation, aux, f_prev0, g_stream, table_g)
 
     def _store_entries(self, q, state, t0, mem):
         """Per-query (keys, values, visible) from the long-term store, or None: the state's store (each query block
@@ -234,22 +276,21 @@ class BMojoMixer(Attention):
                 "memory_positions": torch.cat([mem.ev.blocks.pos.flatten(1), mem.ev.memory.pos], 1)
                 if mem is not None else None}
 
-    def _gated_values(self, vs, gate, state, t0, k_start):
-        """Values as stored in memory: scaled by sigmoid(gate) when the selection gate is on.  The gate
-        logits of the stream (history + new tokens) are returned for the state's pending candidates."""
+    def _gate_stream(self, gate, state, t0, k_start):
+        """The gate logits (B, stream) of the raw stream (history + new tokens), or None without a gate: the
+        history's from the state's pending candidates (only they can still enter the memory), else 0."""
         if gate is None:
-            return vs, None
+            return None
         B, n = gate.shape[0], t0 % self.chunk
         g_hist = gate.new_zeros(B, t0 - k_start)
-        if state is not None and n:  # only the unfinished chunk's tokens can still enter the memory
+        if state is not None and n:
             g_hist[:, state.mem.pend_pos[0, :n] - k_start] = state.mem.pend_gate[:, :n].to(gate.dtype)
-        g_stream = torch.cat([g_hist, gate], 1)
-        return vs * torch.sigmoid(g_stream)[..., None, None], g_stream
+        return torch.cat([g_hist, gate], 1)
 
-    def _memory_table(self, ks, vs_mem, state, k_start, t0):
+    def _memory_table(self, ks, vs_mem, state, k_start, t0, M):
         """The key/value table the memory's `src` indexes: [the state's M memory slots | the raw stream from
         k_start], and the memory and pending candidates as Entries into it."""
-        B, M, n = ks.shape[0], self.memory_size, t0 % self.chunk
+        B, n = ks.shape[0], t0 % self.chunk
         if state is None:
             return (torch.cat([ks.new_zeros(B, M, *ks.shape[2:]), ks], 1),
                     torch.cat([vs_mem.new_zeros(B, M, *vs_mem.shape[2:]), vs_mem], 1),
@@ -274,8 +315,9 @@ class BMojoMixer(Attention):
         if mem.g_stream is not None:
             pend_gate = torch.zeros(B, C, device=dev, dtype=mem.g_stream.dtype)
             pend_gate[:, :n] = mem.g_stream.gather(1, ev.pending.src - self.memory_size)
+        gate = gather_logits(mem.table_g, ev.memory.src) if mem.table_g is not None else None
         return MemoryState(gather_rows(table_k, ev.memory.src), gather_rows(table_v, ev.memory.src), ev.memory.score,
-                           ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate)
+                           ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate, gate)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, x_t, state):
@@ -292,14 +334,21 @@ class BMojoMixer(Attention):
             state.fk[:, i % (2 * W)] = fk[:, 0]
             state.fv[:, i % (2 * W)] = fv[:, 0]
             keys.insert(0, state.fk); vals.insert(0, state.fv)
-        extra = None
+        extra = bias = None
         if M > 0:
             mem = state.mem
             keys.insert(0, mem.k); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
                 extra = layer_io.retrieve_step(state.store, q, i, window=W, chunk=C)
-        o = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), self.scale, extra)
+        keys, vis = torch.cat(keys, 1), torch.cat(vis, 1)
+        if (M > 0 and state.mem.gate is not None) or self.fading_bias is not None:  # keys: [memory | fading | raw]
+            parts = [F.logsigmoid(state.mem.gate) if state.mem.gate is not None else keys.new_zeros(B, M)] if M else []
+            if self.fading:
+                parts.append(keys.new_zeros(B, 2 * W) + (self.fading_bias if self.fading_bias is not None else 0.0))
+            parts.append(keys.new_zeros(B, W))
+            bias = torch.cat(parts, 1)
+        o = attend(q, keys, torch.cat(vals, 1), vis, self.scale, extra, bias)
         y = self.o_proj(o.reshape(B, -1))
         if self.ssm_residual:
             y = y + f_t
@@ -345,7 +394,7 @@ class BMojoMixer(Attention):
         slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens (the last one just written)
         slots[:, C - 1] = state.pos % self.window
         cand_k, cand_v = gather_rows(state.k, slots), gather_rows(state.v, slots)
-        if self.gate is not None:
+        if self.gate is not None and mem.gate is None:  # gate_read="value"
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
         slots_before = M + torch.arange(C - 1, device=dev).expand(B, -1)  # the chunk's earlier tokens in the pool
         pend = Entries(mem.pend_score[:, :C - 1], mem.pend_pos[:, :C - 1], slots_before)
@@ -357,6 +406,8 @@ class BMojoMixer(Attention):
             layer_io.admit(state.store, ev, pool_k, pool_v, start=state.pos - C + 1, chunk=C)
         mem.k.copy_(gather_rows(pool_k, ev.memory.src))
         mem.v.copy_(gather_rows(pool_v, ev.memory.src))
+        if mem.gate is not None:
+            mem.gate.copy_(gather_logits(torch.cat([mem.gate, mem.pend_gate.to(mem.gate.dtype)], 1), ev.memory.src))
         mem.score.copy_(ev.memory.score)
         mem.pos.copy_(ev.memory.pos)
         mem.pend_score.fill_(float("-inf"))
@@ -379,5 +430,7 @@ class BMojoMixer(Attention):
                                  torch.full((batch, C), -1, dtype=torch.long, device=device),
                                  torch.zeros(batch, self.d_model, device=device, dtype=dtype)
                                  if self.uses_f_prev else None,
-                                 torch.zeros(batch, C, device=device, dtype=dtype) if self.gate is not None else None)
+                                 torch.zeros(batch, C, device=device, dtype=dtype) if self.gate is not None else None,
+                                 torch.zeros(batch, M, device=device, dtype=dtype)
+                                 if self.gate is not None and self.gate_read == "logit" else None)
         return st

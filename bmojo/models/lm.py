@@ -152,6 +152,13 @@ class BMojoLM(nn.Module):
                 layers[i].store = ls
         return ModelState(layers, 0, self.fingerprint)
 
+    def set_progress(self, fraction: float) -> None:
+        """Tell the layers how far training is (0 = start, 1 = end), for schedules such as the eidetic training
+        pool's (`train_memory_anneal`); the training loop calls it before every step."""
+        for block in self.layers:
+            if hasattr(block.mixer, "progress"):
+                block.mixer.progress = float(fraction)
+
     # ---- accounting -------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

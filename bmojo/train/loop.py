@@ -138,6 +138,8 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     for step in range(start, cfg.steps):
         # 3. one optimizer step (or a skipped batch)
         t0 = time.perf_counter()
+        if hasattr(model, "set_progress"):  # schedules inside the model (the eidetic training pool's)
+            model.set_progress(step / max(cfg.steps, 1))
         done = _step(net, opt, cfg, d, batch_fn, step, ckpt, run)
         if done is None:
             continue

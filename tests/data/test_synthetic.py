@@ -120,3 +120,52 @@ def test_batch_stream_is_a_function_of_the_step():
     _, gen = make_task("mqar")
     at = batch_stream(gen, 4, seed=1)
     assert torch.equal(at(5)[0], at(5)[0]) and not torch.equal(at(5)[0], at(6)[0])
+
+
+def test_random_filler_is_todays_stream():
+    """filler='random' draws exactly what the generator drew before the option existed (uniform over the
+    vocabulary from the same rng calls), so earlier results stay comparable."""
+    _, gen = make_task("mqar", seq_len=64, num_kv_pairs=8, query_start=32)
+    x, y = gen(4, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    _distinct = lambda lo, hi, n: np.argsort(rng.random((4, hi - lo)), axis=1)[:, :n] + lo
+    _distinct(1, 128, 8), _distinct(128, 256, 8)
+    filler = rng.integers(0, 256, (4, 64))
+    free = (y.numpy() == IGNORE)  # neither a query ...
+    free[:, :16] = False  # ... nor a pair
+    assert free.sum() == 4 * (64 - 16 - 8) and (x.numpy() == filler)[free].all()
+
+
+@pytest.mark.parametrize("task,lo", [("mqar", 0), ("passkey", 12)])
+def test_predictable_fillers(task, lo):
+    """markov: the fixed successor follows in ~MARKOV_STAY of the filler steps, the same chain in every sequence
+    and seed; phrase: period PHRASE_LEN; random: neither.  All stay in the task's filler range."""
+    from bmojo.data.synthetic import MARKOV_STAY, PHRASE_LEN, filler_tokens
+
+    V = 256 if task == "mqar" else 64
+    rng = np.random.default_rng(0)
+    seqs = {k: filler_tokens(k, 64, 200, lo, V, rng) for k in ("random", "markov", "phrase")}
+    for s in seqs.values():
+        assert s.min() >= lo and s.max() < V
+    nxt = {}
+    for a, b in zip(seqs["markov"][:, :-1].ravel(), seqs["markov"][:, 1:].ravel()):
+        nxt.setdefault(a, []).append(b)
+    top = np.mean([max(np.bincount(v)) / len(v) for v in nxt.values() if len(v) >= 20])
+    assert abs(top - MARKOV_STAY) < 0.05
+    again = filler_tokens("markov", 64, 200, lo, V, np.random.default_rng(99))
+    pairs = set(zip(again[:, :-1].ravel(), again[:, 1:].ravel()))
+    common = {(a, max(set(v), key=v.count)) for a, v in nxt.items() if len(v) >= 20}
+    assert len(common & pairs) / len(common) > 0.9, "another seed draws the same chain"
+    ph = seqs["phrase"]
+    assert (ph[:, PHRASE_LEN:] == ph[:, :-PHRASE_LEN]).all() and not (ph[:, 1:] == ph[:, :-1]).all()
+    r = seqs["random"]
+    assert (r[:, PHRASE_LEN:] == r[:, :-PHRASE_LEN]).mean() < 0.05
+    _, gen = make_task(task, filler="markov", seq_len=64)
+    x, y = gen(8, np.random.default_rng(1))
+    assert (y != -100).any() and x.shape == (8, 64)
+
+
+@pytest.mark.parametrize("task", ["mqar", "passkey"])
+def test_unknown_filler_names_the_field(task):
+    with pytest.raises(ConfigError, match="filler"):
+        make_task(task, filler="zipf")

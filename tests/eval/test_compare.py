@@ -27,6 +27,8 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
     assert by["bmojo[random]"]["model"]["selector"] == "random" and by["bmojo[M=2]"]["model"]["memory_size"] == 2
     assert by["bmojo"]["model"]["window"] == 4
     assert by["bmojo[M=2]"]["state_bytes"] < by["bmojo"]["state_bytes"]
+    for r in res["best"]:  # bounded decode states: the same bytes at twice the training length
+        assert r["state_bytes_x2"] == r["state_bytes"]
     assert (out / "results.png").stat().st_size > 1000
     table = capsys.readouterr().out
     assert "state bytes" in table and "bmojo[M=2]" in table

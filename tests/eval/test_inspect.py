@@ -92,3 +92,30 @@ def test_inspect_refuses_models_without_bmojo_layers(tmp_path):
     save_checkpoint(tmp_path / "ck", BMojoLM(tiny("transformer", vocab_size=256)), {"tokenizer": ByteTokenizer().to_dict()})
     assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--text", "abc"]) == 2
     assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--text", "", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_task_checkpoint_shows_which_needed_tokens_the_memory_kept(tmp_path, capsys):
+    """A checkpoint trained on mqar is read on one task sequence: tokens labelled by role, and a line per layer
+    counting the pair tokens the memory held, which matches the report's own memory membership."""
+    from bmojo.cli.main import main
+
+    model = BMojoLM(tiny("bmojo", vocab_size=64, n_layers=1, memory_size=6, chunk=4, selection_gate=True,
+                         gate_read="logit"))
+    opts = {"vocab_size": 64, "seq_len": 40, "num_kv_pairs": 4, "query_start": 20}
+    save_checkpoint(tmp_path / "ck", model, {"task": "mqar", "task_options": opts})
+    assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--example", "3", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "o" / "inspect.json").read_text())
+    assert rep["task_keep"] == list(range(8))
+    assert [t.strip()[0] for t in rep["tokens"][:8]] == list("KVKVKVKV")
+    assert sum(t.startswith("?") for t in rep["tokens"]) == 4
+    held = sum(rep["layers"][0]["in_memory"][p] for p in range(8))
+    assert f"the memory held {held} of the 8 tokens" in out
+
+
+def test_example_needs_a_task_checkpoint(tmp_path, capsys):
+    from bmojo.cli.main import main
+
+    save_checkpoint(tmp_path / "ck", BMojoLM(tiny("bmojo", n_layers=1)), {})
+    assert main(["inspect", "--checkpoint", str(tmp_path / "ck"), "--example", "0"]) == 2
+    assert "names no synthetic task" in capsys.readouterr().err

@@ -21,6 +21,11 @@ MIXERS = {  # name -> (preset, layer index, config overrides)
     "bmojo-untied-residual-noconv": ("bmojo", 0, {"tie_fading": False, "ssm_residual": True, "attn_conv": False}),
     "bmojo-C=W-M>T": ("bmojo", 0, {"chunk": W, "memory_size": 64}),
     "bmojo-gate": ("bmojo", 0, {"selection_gate": True}),
+    "bmojo-gate-logit-none": ("bmojo", 0, {"selection_gate": True, "gate_read": "logit", "selector": "none"}),
+    "bmojo-gate-logit-trainM": ("bmojo", 0, {"selection_gate": True, "gate_read": "logit", "train_memory_size": 64,
+                                            "n_kv_heads": 1}),
+    "bmojo-fading-gate-untied": ("bmojo", 0, {"fading_gate": -1.5, "tie_fading": False, "selection_gate": True,
+                                             "gate_read": "logit"}),
 }
 CASES = [pytest.param(m, T, id=f"{m}-{lid}") for m in MIXERS for lid, T in LENGTHS.items()]
 

@@ -98,3 +98,37 @@ def test_store_entries_match_reference_with_gradients(T, W, C, q0, M, fn):
     assert outs["ref"][-1].abs().max() > 0, "no store value was read"
     for a, b, n in zip(outs["fast"], outs["ref"], ["y"] + [f"d{k}" for k in t]):
         assert_close(a, b, name=n)
+
+
+@pytest.mark.parametrize("T,W,C,q0,M", [c for c in CASES if c.values[-1] > 0 and c.values[0] + c.values[3] >= 2 * c.values[1]])
+@pytest.mark.parametrize("extra", [False, True], ids=["", "store"])
+def test_logit_biases_match_reference_with_gradients(T, W, C, q0, M, extra):
+    """mem_bias (the selection gate's log-sigmoid per memory entry) and fading_bias (one offset on the fading
+    segment): chunked = per-query reference for the output and the gradients of both biases and every input, and
+    the explicit-softmax `window_attention_shares` agrees."""
+    g = seeded(3 * T + W)
+    t, kw = _inputs(T, W, C, q0, M, g)
+    t["mem_bias"] = torch.randn(*kw["mem_pos"].shape, generator=g).requires_grad_()
+    t["fading_bias"] = torch.tensor(-0.7, requires_grad=True)
+    t = {k: x.detach().double().requires_grad_() for k, x in t.items()}  # float64: one scalar sums many terms
+    if extra:
+        K = 2
+        kw["extra"] = (torch.randn(2, T, 4, K, 8, generator=g).double(), torch.randn(2, T, 4, K, 8, generator=g).double(),
+                       torch.rand(2, T, 4, K, generator=g) > 0.3)
+    outs = {}
+    for name, fn in (("ref", window_attention_ref), ("fast", window_attention),
+                     ("shares", lambda *a, **k: window_attention_shares(*a, **k)[0])):
+        for x in t.values():
+            x.grad = None
+        y = fn(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"],
+               mem_bias=t["mem_bias"], fading_bias=t["fading_bias"], **kw)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs[name] = [y] + [x.grad if x.grad is not None else torch.zeros_like(x) for x in t.values()]
+    assert outs["ref"][-1].abs() > 0 and outs["ref"][-2].abs().sum() > 0, "both biases get a gradient"
+    for other in ("fast", "shares"):
+        for a, b, n in zip(outs[other], outs["ref"], ["y"] + [f"d{k}" for k in t]):
+            assert_close(a, b, name=f"{other} {n}")
+    # and the biases matter: without them the output differs
+    y0 = window_attention_ref(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"],
+                              **kw)
+    assert not torch.allclose(y0, outs["ref"][0])

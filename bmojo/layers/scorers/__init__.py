@@ -17,6 +17,7 @@ SCORERS = {  # name -> (class, how to build it from (d_model, seed))
     "norm": (InnovationScorer, lambda d_model, seed: InnovationScorer(d_model, learned=False)),
     "random": (PositionScorer, lambda d_model, seed: PositionScorer("random", seed)),
     "recency": (PositionScorer, lambda d_model, seed: PositionScorer("recency", seed)),
+    "none": (PositionScorer, lambda d_model, seed: PositionScorer("none", seed)),
 }
 SELECTORS = tuple(SCORERS)
 

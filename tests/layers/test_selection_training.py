@@ -1,0 +1,139 @@
+"""Selection that learns: the gate read as an attention logit, a training pool larger than the memory, and the
+learned offset on the fading segment."""
+import pytest
+import torch
+
+from bmojo.config import ConfigError
+from bmojo.layers.bmojo import BMojoMixer
+from tests.helpers import C, W, assert_close, seeded, tiny
+
+T = 4 * W + 5
+
+
+def _gate_grad(mixer, x):
+    """d(loss)/d(gate logit) per token (B, T) after one training-style backward."""
+    held = {}
+
+    def keep(_, __, out):
+        out.retain_grad()
+        held["g"] = out
+    h = mixer.gate.register_forward_hook(keep)
+    y, _ = mixer(x, return_state=False)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    h.remove()
+    return held["g"].grad[..., 0]
+
+
+@pytest.mark.parametrize("train_M", [None, T])
+def test_training_pool_gives_every_readable_candidate_a_gradient(train_M):
+    """With the gate at its init (every priority tied, so the memory of M=2 keeps positions 0 and 1 forever), only
+    those two tokens' gate logits get a gradient from a memory of M; with train_memory_size >= T every token a
+    later query can read from memory (positions <= T-1-W) gets one, and no later token does."""
+    m = BMojoMixer(tiny("bmojo", memory_size=2, fading=False, selection_gate=True, gate_read="logit",
+                        selector="none", train_memory_size=train_M), 0).train()
+    g = _gate_grad(m, torch.randn(2, T, 32, generator=seeded(0)))
+    has = (g.abs() > 0).any(0)
+    readable = torch.arange(T) <= T - 1 - W
+    expected = readable if train_M else (torch.arange(T) < 2)
+    assert torch.equal(has, expected), has.nonzero().flatten().tolist()
+
+
+def test_training_pool_is_for_training_only():
+    """Evaluation, decoding and any call with a state use memory_size: the eval output equals that of the same
+    weights without train_memory_size, and a training forward differs from it."""
+    kw = dict(memory_size=2, selection_gate=True, gate_read="logit", selector="none")
+    torch.manual_seed(0)
+    a = BMojoMixer(tiny("bmojo", train_memory_size=T, **kw), 0)
+    b = BMojoMixer(tiny("bmojo", **kw), 0)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, T, 32, generator=seeded(1))
+    with torch.no_grad():
+        a.eval(), b.eval()
+        assert torch.equal(a(x, return_state=False)[0], b(x, return_state=False)[0])
+        assert torch.equal(a(x)[0], b(x)[0])
+        a.train(), b.train()
+        assert torch.equal(a(x)[0], b(x)[0]), "a call that returns a state keeps memory_size"
+        assert not torch.allclose(a(x, return_state=False)[0], b(x, return_state=False)[0])
+
+
+def test_logit_gate_at_init_leaves_values_unscaled():
+    """gate_read='logit' at init: every memory entry's logit moves by log sigmoid(0) alike, values are unscaled
+    (the 'value' gate halves them), and the decode state carries the entries' gate logits."""
+    torch.manual_seed(0)
+    m = BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit"), 0).eval()
+    x = torch.randn(1, T, 32, generator=seeded(2))
+    st = m(x)[1]
+    ref = m.init_state(1)
+    for t in range(T):
+        m.step(x[:, t], ref)
+    assert_close(st.mem.v, ref.mem.v, name="memory values")
+    assert torch.equal(st.mem.gate, torch.zeros_like(st.mem.gate))
+    assert_close(st.mem.v, m.v_proj(m._attn_input(x, None, False)[0]).view(1, T, m.n_kv_heads, -1)[
+        torch.zeros(6, dtype=torch.long), st.mem.pos[0]][None], name="unscaled values")
+
+
+def test_fading_gate_is_learned_and_switches_the_segment():
+    """fading_gate=-30 switches the fading keys off (the layer equals the same layer without fading keys); the
+    offset is a parameter that gets a gradient at a moderate value."""
+    torch.manual_seed(0)
+    off = BMojoMixer(tiny("bmojo", fading_gate=-30.0, memory_size=0), 0, memory=False)
+    ref = BMojoMixer(tiny("bmojo", fading=False, memory_size=0, ssm_residual=False), 0, memory=False)
+    ref.load_state_dict({k: v for k, v in off.state_dict().items() if k in ref.state_dict()})
+    x = torch.randn(2, T, 32, generator=seeded(3))
+    assert_close(off(x)[0], ref(x)[0], rtol=1e-5, name="fading switched off")
+    m = BMojoMixer(tiny("bmojo", fading_gate=-1.0), 0)
+    y, _ = m(x, return_state=False)
+    y.pow(2).sum().backward()
+    assert m.fading_bias.grad is not None and m.fading_bias.grad.abs() > 0
+
+
+@pytest.mark.parametrize("kw,field", [(dict(train_memory_size=3), "train_memory_size"),
+                                      (dict(train_memory_size=64, train_store_topk=2), "train_memory_size"),
+                                      (dict(train_memory_size=64, memory_rule="fifo", fifo_per_chunk=2), "train_memory_size"),
+                                      (dict(gate_read="soft"), "gate_read"),
+                                      (dict(fading_gate=float("nan")), "fading_gate")])
+def test_bad_selection_config_names_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        tiny("bmojo", **kw)
+
+
+def test_gate_penalty_is_an_auxiliary_loss_of_training_only():
+    """gate_penalty * mean(sigmoid(g)) joins the aux loss in training (its gradient pushes every gate down) and is
+    absent in evaluation; without a penalty the logit gate adds no aux loss."""
+    torch.manual_seed(0)
+    m = BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none", gate_penalty=0.5), 0)
+    x = torch.randn(2, T, 32, generator=seeded(4))
+    out = m(x, return_state=False)
+    assert_close(out.aux_loss, 0.5 * torch.sigmoid(m.gate(x)[..., 0]).mean(), name="penalty")
+    out.aux_loss.backward()
+    w = m.gate.weight.grad
+    assert w is not None and w.abs().sum() > 0
+    assert m.eval()(x, return_state=False).aux_loss is None
+    m0 = BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none"), 0)
+    assert m0(x, return_state=False).aux_loss is None
+
+
+def test_training_pool_shrinks_with_progress():
+    """train_memory_anneal: the pool is train_memory_size at progress 0, memory_size from progress = anneal on,
+    linear between; the training loop sets the progress before every step."""
+    from bmojo import BMojoLM
+    from bmojo.data.synthetic import batch_stream, make_task
+    from bmojo.train import TrainConfig, train
+
+    cfg = tiny("bmojo", memory_size=4, train_memory_size=36, train_memory_anneal=0.5, selection_gate=True,
+               gate_read="logit", n_layers=1)
+    model = BMojoLM(cfg)
+    mixer = model.layers[0].mixer
+    got = []
+    for p in (0.0, 0.125, 0.25, 0.5, 0.9):
+        model.set_progress(p)
+        got.append(mixer._capacity(None, False))
+    assert got == [36, 28, 20, 4, 4]
+    assert mixer._capacity(None, True) == 4 and mixer.eval()._capacity(None, False) == 4
+    mixer.train()
+    _, gen = make_task("mqar", vocab_size=61, seq_len=24, num_kv_pairs=3)
+    seen = []
+    orig = mixer._capacity
+    mixer._capacity = lambda *a: (seen.append(orig(*a)), seen[-1])[1]
+    train(model, TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup=0, progress=False), batch_stream(gen, 2, 0))
+    assert seen == [36, 20, 4, 4]
