@@ -34,6 +34,14 @@ TASK = dict(vocab_size=256, seq_len=64, num_kv_pairs=8, query_start=32)
 MODEL = dict(vocab_size=256, n_layers=2, window=8, memory_size=16, chunk=8, n_heads=4, ssm_head_dim=16)
 
 
+class _Oldest(torch.nn.Module):
+    """A scorer that ranks older tokens first, far above any gate logit: the memory keeps positions 0 .. M-1 (the
+    gate still biases the read, as the model was trained)."""
+
+    def forward(self, u, f_prev=None, pos=None):
+        return -1e6 * pos.float()[None].expand(u.shape[0], -1), None
+
+
 def _evals(opts: dict, n: int, seed: int, batch: int):
     _, gen = make_task("mqar", **opts)
     return [gen(batch, np.random.default_rng([seed, i])) for i in range(n // batch)]
@@ -69,17 +77,34 @@ def main(argv=None) -> int:
                params=m.num_params(), state=m.state_bytes(64), steps=res.steps, sec=time.perf_counter() - t,
                acc=res.eval["acc"], curve=[round(h["eval_acc"], 3) for h in res.history if "eval_acc" in h])
     mixers = [b.mixer for b in m.layers if getattr(b.mixer, "memory_size", 0) > 0]
-    if mixers:  # diagnostic: the same weights reading every past token (memory of T): is selection the brake?
+
+    def every_token(T, batches):  # diagnostic: the same weights reading every past token: is selection the brake?
         sizes = [x.memory_size for x in mixers]
         for x in mixers:
-            x.memory_size = 64
-        out["acc_memory_all"] = evaluate(m, evals)["acc"]
+            x.memory_size = T
+        acc = evaluate(m, batches)["acc"]
         for x, n in zip(mixers, sizes):
             x.memory_size = n
+        return acc
+    def oldest_kept(batches):  # diagnostic: a perfect selector here (the pairs are the oldest 2P = M tokens)
+        saved = [x.scorer for x in mixers]
+        for x in mixers:
+            x.scorer = _Oldest()
+        acc = evaluate(m, batches)["acc"]
+        for x, sc in zip(mixers, saved):
+            x.scorer = sc
+        return acc
+    if mixers:
+        out["acc_memory_all"] = every_token(64, evals)
+        out["acc_oldest_kept"] = oldest_kept(evals)
     for k in factors:  # the pairs stay at the start; queries from 32k on, so every one is far beyond the window
         opts = {**task, "seq_len": 64 * k, "query_start": 32 * k}
-        out[f"acc_x{k}"] = evaluate(m, _evals(opts, 256, 4242 + k, 32))["acc"]
+        batches = _evals(opts, 256, 4242 + k, 32)
+        out[f"acc_x{k}"] = evaluate(m, batches)["acc"]
         out[f"state_x{k}"] = m.state_bytes(64 * k)
+        if mixers:
+            out[f"acc_x{k}_memory_all"] = every_token(64 * k, batches)
+            out[f"acc_x{k}_oldest_kept"] = oldest_kept(batches)
     out["machine"] = machine()
     print(json.dumps(out), flush=True)
     dest = Path(a.out)

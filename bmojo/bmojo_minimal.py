@@ -87,6 +87,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         fv = vp(f).view(B, T, Hk, Dh)
     if getattr(mixer, "memory_size", 0) > 0:
         assert mixer.rule == "topk" and mixer.decay == 1.0, "the oracle covers top-k memory without decay"
+        assert getattr(mixer, "memory_rope", "own") == "own", "the oracle covers eidetic keys at their own positions"
         f_prev = torch.cat([torch.zeros_like(x[:, :1]), f[:, :-1]], 1) if f is not None else None
         if mixer.selector == "innovation":
             scores = (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)

@@ -18,6 +18,7 @@ LAYER_KINDS = {
 }
 SSM_KINDS = ("mamba1", "mamba2")
 GATE_READS = ("value", "logit")
+MEMORY_ROPES = ("own", "edge")
 IMPLS = ("ref", "fast", "fused", "auto")
 
 
@@ -104,6 +105,10 @@ class ModelConfig:
                                   "this many per query and head (exact search), so the model learns to use one")
     fading: bool = _f(True, "B layers attend to the fading (SSM) keys; off leaves window + memory")
     tie_fading: bool = _f(True, "fading keys/values use the raw tokens' k/v projections")
+    memory_rope: str = _f("own", f"where the eidetic keys sit under RoPE, one of {MEMORY_ROPES}: own = at their "
+                                 "own positions (a query sees each entry's true distance); edge = at the window's "
+                                 "edge before the reading block (every entry W..W+C-1 away: matched by content, at "
+                                 "any length)")
     fading_gate: float | None = _f(None, "a learned logit offset on every fading key, starting at this value (e.g. "
                                          "-4: the fading segment starts nearly switched off and the task opens it); "
                                          "None = no offset")
@@ -200,6 +205,7 @@ class ModelConfig:
              "must be an integer >= 0")
         need(self.fading_gate is None or math.isfinite(self.fading_gate), "fading_gate", "must be None or finite")
         need(isinstance(self.gate_penalty, (int, float)) and self.gate_penalty >= 0, "gate_penalty", "must be >= 0")
+        need(self.memory_rope in MEMORY_ROPES, "memory_rope", f"allowed: {MEMORY_ROPES}")
         need(self.gate_read in GATE_READS, "gate_read", f"allowed: {GATE_READS}")
         need(self.train_memory_size is None or (isinstance(self.train_memory_size, int)
                                                 and self.train_memory_size >= self.memory_size),

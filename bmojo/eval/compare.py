@@ -83,7 +83,8 @@ def _one_run(args) -> dict:
         opts = {**spec.task_options, "seq_len": T * k}
         if spec.task == "mqar" and opts.get("query_start") is not None:
             opts["query_start"] = opts["query_start"] * k
-        row[f"acc_x{k}"] = evaluate(model, _eval_batches(spec.task, opts, spec.eval_examples // 2, spec.seed + k, 32))["acc"]
+        batches = _eval_batches(spec.task, opts, spec.eval_examples // 2, spec.seed + k, 32)
+        row[f"acc_x{k}"] = evaluate(model, batches)["acc"]
         row[f"state_bytes_x{k}"] = model.state_bytes(T * k)
     return row
 

@@ -38,7 +38,7 @@ from bmojo.layers.scorers import uses_f_prev as scorer_uses_f_prev
 from bmojo.layers.state import LayerState, MixerOutput, check_call
 from bmojo.memory import layer_io
 from bmojo.ops.attention import attend, window_attention_shares
-from bmojo.ops.rope import apply_rope
+from bmojo.ops.rope import _inv_freq, apply_rope
 from bmojo.ops.eidetic import EideticOut, Entries, eidetic_memory
 
 
@@ -126,7 +126,7 @@ class BMojoMixer(Attention):
             self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
         # (built after the SSM: module construction draws random numbers, so this order keeps seeded inits)
         self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
-        self.gate, self.gate_read = None, cfg.gate_read
+        self.gate, self.gate_read, self.memory_rope = None, cfg.gate_read, cfg.memory_rope
         self.train_memory_size = (cfg.train_memory_size or self.memory_size) if self.memory_size else 0
         self.gate_penalty, self.anneal, self.progress = cfg.gate_penalty, cfg.train_memory_anneal, 0.0
         if self.memory_size > 0 and cfg.selection_gate:
@@ -142,6 +142,13 @@ class BMojoMixer(Attention):
         B, T, _ = f.shape
         fk = self.fk_proj(f).view(B, T, self.n_kv_heads, self.head_dim)
         return apply_rope(fk, cos, sin), self.fv_proj(f).view(B, T, self.n_kv_heads, self.head_dim)
+
+    def _at_edge(self, k, pos, edge):
+        """Eidetic keys k (B, ..., M, Hk, Dh), rotated at their own positions pos (B, ..., M), rotated once more by
+        edge - pos: as if at `edge` (RoPE rotations compose)."""
+        freq = _inv_freq(self.head_dim, self.rope_theta, self.rope_fraction, k.device)
+        ang = (edge - pos).to(torch.float32)[..., None, None] * freq  # (B, ..., M, 1, Dh)
+        return apply_rope(k, ang.cos().to(k.dtype), ang.sin().to(k.dtype))
 
     # ---- eidetic scores ---------------------------------------------------------------------------------
     def _scores(self, x, f, f_prev0, t0):
@@ -185,6 +192,10 @@ class BMojoMixer(Attention):
                   extra=extra, **(mem.attention_kw() if mem is not None else {}))
         if self.fading_bias is not None:
             kw["fading_bias"] = self.fading_bias
+        if mem is not None and self.memory_rope == "edge":  # block b reads its entries as if at a0 + bC - W
+            a0 = t0 - t0 % self.chunk
+            edge = a0 - self.window + self.chunk * torch.arange(kw["mem_pos"].shape[1], device=x.device)
+            kw["mem_k"] = self._at_edge(kw["mem_k"], kw["mem_pos"], edge[None, :, None])
         o = self.backend.window_attention(q, ks, vs, self.window, **kw)
         y = self.o_proj(o.reshape(B, T, D))
         if self.ssm_residual:
@@ -240,7 +251,7 @@ class BMojoMixer(Attention):
         gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained through what is read
         if gate is not None:
             scores = scores + gate.detach()
-            if self.training and self.gate_penalty > 0 and gate.numel():  # sparsity: only what the task pulls up stays high
+            if self.training and self.gate_penalty > 0 and gate.numel():  # only what the task pulls up stays high
                 pen = self.gate_penalty * torch.sigmoid(gate.float()).mean()
                 aux = pen if aux is None else aux + pen
         g_stream = self._gate_stream(gate, state, t0, k_start)
@@ -337,7 +348,8 @@ class BMojoMixer(Attention):
         extra = bias = None
         if M > 0:
             mem = state.mem
-            keys.insert(0, mem.k); vals.insert(0, mem.v)
+            mk = self._at_edge(mem.k, mem.pos, i - i % C - W) if self.memory_rope == "edge" else mem.k
+            keys.insert(0, mk); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
                 extra = layer_io.retrieve_step(state.store, q, i, window=W, chunk=C)

@@ -246,8 +246,9 @@ def window_attention_fused(q, k, v, window, *, chunk=None, q_start=0, k_start=0,
     """impl=fused: flex_attention on CUDA for a whole sequence from position 0 without store entries
     (`bmojo.ops.flex`), the chunked path everywhere else (on the CPU it is the fastest: `bmojo bench --suites
     attention`)."""
-    if extra is None and mem_bias is None and fading_bias is None and flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk,
-                                                            f_start=f_start, v=v):
+    biased = mem_bias is not None or fading_bias is not None
+    if extra is None and not biased and flex.eligible(q, k, q_start=q_start, k_start=k_start, fk=fk, f_start=f_start,
+                                                      v=v):
         return flex.window_attention_flex(q, k, v, window, chunk=chunk, fk=fk, fv=fv, mem_k=mem_k, mem_v=mem_v,
                                           mem_pos=mem_pos, scale=scale)
     return window_attention(q, k, v, window, chunk=chunk, q_start=q_start, k_start=k_start, fk=fk, fv=fv,

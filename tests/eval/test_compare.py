@@ -45,3 +45,26 @@ def test_compare_bad_options(argv, match, tmp_path, capsys):
     rc = main(["compare", "--out", str(tmp_path)] + argv)
     assert rc == 2
     assert __import__("re").search(match, capsys.readouterr().err)
+
+
+def test_default_spec_trains_bmojo_with_the_learned_selection():
+    """The main job: bmojo runs with BMOJO_RECALL (its pool = the task's seq_len), the other presets as defined,
+    lengths 1x/4x/16x; a --model-opt beats the recipe; --paper-bmojo trains the preset as the paper defines it."""
+    import argparse
+
+    from bmojo.cli import compare as cmp
+
+    def spec(*argv):
+        p = argparse.ArgumentParser()
+        cmp.add_parser(p.add_subparsers())
+        return cmp.build_spec(p.parse_args(["compare", *argv]))
+    s = spec()
+    runs = {r.label: r for r in s.runs}
+    assert list(runs) == cmp.ALL and s.length_factors == (4, 16)
+    assert runs["bmojo"].model == {**cmp.BMOJO_RECALL, "train_memory_size": 64}
+    assert all(not runs[p].model for p in cmp.ALL if p != "bmojo")
+    assert spec("--seq-len", "128").runs[-1].model["train_memory_size"] == 128
+    assert spec("--model-opt", "gate_penalty=0").runs[-1].model["gate_penalty"] == 0
+    assert spec("--paper-bmojo").runs[-1].model == {}
+    front = [r.label for r in spec("--frontier").runs]
+    assert {"bmojo[M=4]", "swa[W=32]", "mamba[N=64]"} <= set(front)

@@ -24,6 +24,8 @@ MIXERS = {  # name -> (preset, layer index, config overrides)
     "bmojo-gate-logit-none": ("bmojo", 0, {"selection_gate": True, "gate_read": "logit", "selector": "none"}),
     "bmojo-gate-logit-trainM": ("bmojo", 0, {"selection_gate": True, "gate_read": "logit", "train_memory_size": 64,
                                             "n_kv_heads": 1}),
+    "bmojo-memory-rope-edge": ("bmojo", 0, {"memory_rope": "edge", "selection_gate": True, "gate_read": "logit",
+                                           "chunk": 2}),
     "bmojo-fading-gate-untied": ("bmojo", 0, {"fading_gate": -1.5, "tie_fading": False, "selection_gate": True,
                                              "gate_read": "logit"}),
 }

@@ -89,7 +89,8 @@ def test_fading_gate_is_learned_and_switches_the_segment():
 
 @pytest.mark.parametrize("kw,field", [(dict(train_memory_size=3), "train_memory_size"),
                                       (dict(train_memory_size=64, train_store_topk=2), "train_memory_size"),
-                                      (dict(train_memory_size=64, memory_rule="fifo", fifo_per_chunk=2), "train_memory_size"),
+                                      (dict(train_memory_size=64, memory_rule="fifo", fifo_per_chunk=2),
+                                       "train_memory_size"),
                                       (dict(gate_read="soft"), "gate_read"),
                                       (dict(fading_gate=float("nan")), "fading_gate")])
 def test_bad_selection_config_names_the_field(kw, field):
@@ -137,3 +138,18 @@ def test_training_pool_shrinks_with_progress():
     mixer._capacity = lambda *a: (seen.append(orig(*a)), seen[-1])[1]
     train(model, TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup=0, progress=False), batch_stream(gen, 2, 0))
     assert seen == [36, 20, 4, 4]
+
+
+def test_memory_rope_edge_composes_rotations():
+    """memory_rope='edge': an entry rotated at its own position p, rotated again by edge - p, equals the same key
+    rotated at `edge` directly; so every entry a block reads sits W..W+C-1 before its queries."""
+    from bmojo.ops.rope import apply_rope, rope_cos_sin
+
+    m = BMojoMixer(tiny("bmojo", memory_rope="edge", rope_fraction=0.75), 0)
+    k = torch.randn(2, 5, 2, 8, generator=seeded(5))  # (B, M, Hk, Dh)
+    pos = torch.tensor([[0, 3, 7, 19, 40], [2, 2, 11, 30, 31]])
+    rot = lambda x, p: apply_rope(x[:, None], *rope_cos_sin(p, 8, m.rope_theta, x.dtype, 0.75))[:, 0]
+    own = torch.stack([torch.stack([rot(k[b, j][None], pos[b, j:j + 1])[0] for j in range(5)]) for b in range(2)])
+    edge = 25
+    direct = torch.stack([rot(k[b], torch.full((5,), edge)) for b in range(2)])
+    assert_close(m._at_edge(own, pos, edge), direct, name="rotations compose")

@@ -100,7 +100,8 @@ def test_store_entries_match_reference_with_gradients(T, W, C, q0, M, fn):
         assert_close(a, b, name=n)
 
 
-@pytest.mark.parametrize("T,W,C,q0,M", [c for c in CASES if c.values[-1] > 0 and c.values[0] + c.values[3] >= 2 * c.values[1]])
+@pytest.mark.parametrize("T,W,C,q0,M", [c for c in CASES  # memory and fading keys visible to some query
+                                        if c.values[-1] > 0 and c.values[0] + c.values[3] >= 2 * c.values[1]])
 @pytest.mark.parametrize("extra", [False, True], ids=["", "store"])
 def test_logit_biases_match_reference_with_gradients(T, W, C, q0, M, extra):
     """mem_bias (the selection gate's log-sigmoid per memory entry) and fading_bias (one offset on the fading
@@ -113,8 +114,8 @@ def test_logit_biases_match_reference_with_gradients(T, W, C, q0, M, extra):
     t = {k: x.detach().double().requires_grad_() for k, x in t.items()}  # float64: one scalar sums many terms
     if extra:
         K = 2
-        kw["extra"] = (torch.randn(2, T, 4, K, 8, generator=g).double(), torch.randn(2, T, 4, K, 8, generator=g).double(),
-                       torch.rand(2, T, 4, K, generator=g) > 0.3)
+        kw["extra"] = (torch.randn(2, T, 4, K, 8, generator=g).double(),
+                       torch.randn(2, T, 4, K, 8, generator=g).double(), torch.rand(2, T, 4, K, generator=g) > 0.3)
     outs = {}
     for name, fn in (("ref", window_attention_ref), ("fast", window_attention),
                      ("shares", lambda *a, **k: window_attention_shares(*a, **k)[0])):

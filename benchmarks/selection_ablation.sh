@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The selection ablation of the recall issue: every row of benchmarks/results/selection_ablation/rows.jsonl, each
+# one run of benchmarks/recall_ablation.py (MQAR, V=256, T=64, 8 pairs, queries from 32, W=C=8, M=16, ~150k
+# params, 800 steps, lr 3e-3, one torch thread).  Runs go two at a time (a 2-core CPU); ~3-5 min per run.
+# Print the table with: python benchmarks/selection_table.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=benchmarks/results/selection_ablation
+run() { python benchmarks/recall_ablation.py "$@" --out "$OUT"; }
+G='"selection_gate": true, "gate_read": "logit", "selector": "none"'
+RECIPE="$G"', "train_memory_size": 64, "fading_gate": -4.0, "expand": 1, "d_state": 8, "gate_penalty": 0.1, "train_memory_anneal": 0.5'
+
+# baselines and their spread
+run transformer_s0 transformer 800 3e-3 --seed 0 &
+run transformer_s1 transformer 800 3e-3 --seed 1; wait
+# the gate read as a logit, every token in the training pool; fading on / off
+run gl_none_T64 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64}" &
+run gl_none_T64_nofade bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false}"; wait
+run gl_none_T64_nofade_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false}" --seed 1 --lengths 4,16 &
+run gl_none_T64_nofade_s2 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false}" --seed 2; wait
+# a pool of 2M instead of all tokens
+run gl_none_T32_nofade_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 32, \"fading\": false}" --seed 1 --lengths 4,16 &
+# the budget: a cheaper SSM, the fading segment starting switched off
+run gl_none_T64_e1s8 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"expand\": 1, \"d_state\": 8}"; wait
+run gl_none_T64_fg4 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading_gate\": -4.0}" &
+run gl_none_T64_fg4_e1s8 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading_gate\": -4.0, \"expand\": 1, \"d_state\": 8}"; wait
+run gl_none_T64_fg4_e1s8_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading_gate\": -4.0, \"expand\": 1, \"d_state\": 8}" --seed 1 &
+# a sparsity penalty on the gate, and the pool shrinking to M over the first half of training
+run gl_none_T64_nofade_p01_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false, \"gate_penalty\": 0.1}" --seed 1; wait
+run gl_none_T64_nofade_p01_an5_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false, \"gate_penalty\": 0.1, \"train_memory_anneal\": 0.5}" --seed 1 &
+# the recipe the main job uses (bmojo/cli/compare.py BMOJO_RECALL), two seeds, at 1x, 4x and 16x
+run recipe_s0 bmojo 800 3e-3 "{$RECIPE}" --seed 0 --lengths 4,16; wait
+run recipe_s1 bmojo 800 3e-3 "{$RECIPE}" --seed 1 --lengths 4,16
