@@ -10,9 +10,9 @@ run() { python benchmarks/recall_ablation.py "$@" --out "$OUT"; }
 G='"selection_gate": true, "gate_read": "logit", "selector": "none"'
 RECIPE="$G"', "train_memory_size": 64, "fading_gate": -4.0, "expand": 1, "d_state": 8, "gate_penalty": 0.1, "train_memory_anneal": 0.5'
 
-# baselines and their spread
-run transformer_s0 transformer 800 3e-3 --seed 0 &
-run transformer_s1 transformer 800 3e-3 --seed 1; wait
+# baselines and their spread (seed 0 at 3e-3: 0.813, the main job's row in the README)
+run transformer_s1 transformer 800 3e-3 --seed 1 &
+run transformer_lr6_s0 transformer 800 6e-3 --seed 0 --lengths 4,16; wait
 # the gate read as a logit, every token in the training pool; fading on / off
 run gl_none_T64 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64}" &
 run gl_none_T64_nofade bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false}"; wait
@@ -30,4 +30,16 @@ run gl_none_T64_nofade_p01_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"
 run gl_none_T64_nofade_p01_an5_s1 bmojo 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false, \"gate_penalty\": 0.1, \"train_memory_anneal\": 0.5}" --seed 1 &
 # the recipe the main job uses (bmojo/cli/compare.py BMOJO_RECALL), two seeds, at 1x, 4x and 16x
 run recipe_s0 bmojo 800 3e-3 "{$RECIPE}" --seed 0 --lengths 4,16; wait
-run recipe_s1 bmojo 800 3e-3 "{$RECIPE}" --seed 1 --lengths 4,16
+run recipe_s1 bmojo 800 3e-3 "{$RECIPE}" --seed 1 --lengths 4,16 &
+run recipe_rope05_s0 bmojo 800 3e-3 "{$RECIPE, \"rope_fraction\": 0.5}" --seed 0 --lengths 4,16; wait
+# ... at the main job's learning rate, and with the eidetic keys read at the window's edge (memory_rope=edge)
+run recipe_lr6_s0 bmojo 800 6e-3 "{$RECIPE}" --seed 0 --lengths 4,16 &
+run recipe_lr6_s1 bmojo 800 6e-3 "{$RECIPE}" --seed 1 --lengths 4,16; wait
+run recipe_edge_lr6_s0 bmojo 800 6e-3 "{$RECIPE, \"memory_rope\": \"edge\"}" --seed 0 --lengths 4,16 &
+run recipe_edge_lr6_s1 bmojo 800 6e-3 "{$RECIPE, \"memory_rope\": \"edge\"}" --seed 1 --lengths 4,16; wait
+# the innovation test alone (no gate) against random selection at equal M, on a predictable (markov) filler; on the
+# random filler: bmojo_inn / bmojo_random in benchmarks/results/recall_ablation (1500 steps)
+run inn_markov bmojo 800 3e-3 '{}' --filler markov &
+run random_markov bmojo 800 3e-3 '{"selector": "random"}' --filler markov; wait
+# learned selection with M = 2x the 16 pair tokens, up to 2000 steps (stops at 0.995)
+run recipe_M32_2000 bmojo 2000 6e-3 "{$RECIPE, \"memory_size\": 32}"

@@ -4,7 +4,9 @@
 
 Columns: the run's label and overrides, seed, filler, d_model, parameters, decode-state bytes at T=64, accuracy
 after the run's steps with memory M (acc), the same weights reading every past token (acc, all kept: how much the
-selection costs), and, where measured, accuracy at 4x and 16x the training length (state bytes do not change).
+selection costs) or with the memory forced to hold exactly the pairs (pairs kept: a perfect selector, since the
+pairs are the oldest 2P = M tokens), and, where measured, the same at 4x and 16x the training length (state bytes do
+not change).
 """
 import json
 import sys
@@ -18,13 +20,15 @@ def _f(r: dict, k: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| run | overrides | seed | filler | d | params | state B | steps | acc | acc, all kept | acc 4x | acc 16x |"
-    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| run | overrides | seed | filler | d | params | state B | steps | acc | acc, all kept | acc, pairs kept "
+            "| acc 4x | 4x, pairs kept | acc 16x | 16x, pairs kept |")
+    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r.get("over", {}).items()) or "-"
         lines.append(f"| {r['label']} | {over} | {r.get('seed', 0)} | {r.get('filler', 'random')} | {r['d']} | "
                      f"{r['params']:,} | {r['state']:,} | {r['steps']} | {_f(r, 'acc')} | {_f(r, 'acc_memory_all')} | "
-                     f"{_f(r, 'acc_x4')} | {_f(r, 'acc_x16')} |")
+                     f"{_f(r, 'acc_oldest_kept')} | {_f(r, 'acc_x4')} | {_f(r, 'acc_x4_oldest_kept')} | "
+                     f"{_f(r, 'acc_x16')} | {_f(r, 'acc_x16_oldest_kept')} |")
     return "\n".join(lines)
 
 

@@ -160,23 +160,32 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     factors = sorted(int(k[5:]) for k in rows[0] if k.startswith("acc_x")) if rows else []
+    fig, axes = plt.subplots(1, 2 if factors else 1, figsize=(12 if factors else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
     for r in rows:  # one point per evaluated length (1x, then each factor), joined by a line
         xs = [r["state_bytes"]] + [r[f"state_bytes_x{k}"] for k in factors]
         ys = [r["acc"]] + [r[f"acc_x{k}"] for k in factors]
         line, = ax.plot(xs, ys, marker="o", ms=5)
         ax.annotate(r["label"], (xs[0], ys[0]), textcoords="offset points", xytext=(5, 4), fontsize=8,
                     color=line.get_color())
-        for k, x, y in zip(factors, xs[1:], ys[1:]):
-            ax.annotate(f"{k}x", (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7, color="gray")
+        if factors:  # the same runs against the evaluated length
+            axes[0, 1].plot([1] + factors, ys, marker="o", ms=5, color=line.get_color(), label=r["label"])
     ax.set_xscale("log")
     ax.set_xlabel("decode-state bytes" + (f" (points: 1x, {', '.join(f'{k}x' for k in factors)} the training length)"
                                           if factors else " at the training length"))
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.05)
+    for a in axes[0]:
+        a.set_ylabel("accuracy")
+        a.set_ylim(-0.02, 1.05)
+        a.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+    if factors:
+        a = axes[0, 1]
+        a.set_xscale("log", base=2)
+        a.set_xticks([1] + factors, [f"{k}x" for k in [1] + factors])
+        a.set_xlabel("evaluated length / training length")
+        a.set_title("beyond the training length (the same weights)", fontsize=9)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -98,8 +98,8 @@ def kept_summary(rep: dict, keep: list[int]) -> list[str]:
     lines = []
     for L in rep["layers"]:
         held = [p for p in keep if L["in_memory"][p]]
-        lines.append(f"layer {L['index']} ({L['kind']}): the memory held {len(held)} of the {len(keep)} tokens the "
-                     f"task needs remembered, and {sum(L['in_memory']) - len(held)} others")
+        lines.append(f"layer {L['index']} ({L['kind']}): at some update the memory held {len(held)} of the "
+                     f"{len(keep)} tokens the task needs remembered, and {sum(L['in_memory']) - len(held)} others")
     return lines
 
 
