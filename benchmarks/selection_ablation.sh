@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/selection_ablation
-run() { python benchmarks/recall_ablation.py "$@" --out "$OUT"; }
+run() { "${PYTHON:-python}" benchmarks/recall_ablation.py "$@" --out "$OUT"; }
 G='"selection_gate": true, "gate_read": "logit", "selector": "none"'
 RECIPE="$G"', "train_memory_size": 64, "fading_gate": -4.0, "expand": 1, "d_state": 8, "gate_penalty": 0.1, "train_memory_anneal": 0.5'
 
