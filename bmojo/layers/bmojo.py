@@ -24,78 +24,21 @@ per call (bmojo.memory.layer_io).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bmojo.config import ModelConfig
-from bmojo.layers.attention import Attention, AttentionState, ring_from_stream, ring_positions, ring_read
-from bmojo.layers.ssm import SSMState, make_ssm
+from bmojo.layers.attention import Attention, ring_from_stream, ring_positions, ring_read
+from bmojo.layers.bmojo_state import BMojoState, EideticCall, MemoryState, gather_logits, gather_rows
+from bmojo.layers.ssm import make_ssm
 from bmojo.layers.scorers import make_scorer
 from bmojo.layers.scorers import uses_f_prev as scorer_uses_f_prev
-from bmojo.layers.state import LayerState, MixerOutput, check_call
+from bmojo.layers.state import MixerOutput, check_call
 from bmojo.memory import layer_io
 from bmojo.ops.attention import attend, window_attention_shares
-from bmojo.ops.rope import _inv_freq, apply_rope
-from bmojo.ops.eidetic import EideticOut, Entries, eidetic_memory
-
-
-@dataclass
-class MemoryState(LayerState):
-    k: torch.Tensor  # (B, M, Hk, Dh)
-    v: torch.Tensor  # (B, M, Hk, Dh)
-    score: torch.Tensor  # (B, M) float32: the score each entry was selected with (before decay), -inf = empty
-    pos: torch.Tensor  # (B, M) long, -1 = empty
-    pend_score: torch.Tensor  # (B, C) scores of the current chunk's tokens so far
-    pend_pos: torch.Tensor  # (B, C)
-    f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
-    pend_gate: torch.Tensor | None = None  # (B, C) selection-gate logits of the current chunk's tokens
-    gate: torch.Tensor | None = None  # (B, M) the entries' gate logits (gate_read="logit": read as a logit bias)
-
-
-@dataclass
-class BMojoState(AttentionState):
-    ssm: SSMState | None = None
-    fk: torch.Tensor | None = None  # (B, 2W, Hk, Dh) fading keys delay line
-    fv: torch.Tensor | None = None
-    mem: MemoryState | None = None
-    store: object | None = None  # bmojo.memory.LayerStore: the long-term store, when one is attached
-
-
-def gather_logits(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """table (B, n), src (B, ...) row indices (-1 = empty, read as row 0) -> (B, ...)."""
-    return table.gather(1, src.clamp(min=0).reshape(src.shape[0], -1)).view(src.shape)
-
-
-def gather_rows(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """table (B, n, Hk, Dh), src (B, ...) row indices (-1 = empty, read as row 0) -> (B, ..., Hk, Dh)."""
-    idx = src.clamp(min=0).reshape(src.shape[0], -1)
-    out = table.gather(1, idx[..., None, None].expand(-1, -1, *table.shape[2:]))
-    return out.view(*src.shape, *table.shape[2:])
-
-
-@dataclass
-class _Eidetic:
-    """One parallel call's eidetic memory: the op's output, the key/value table its `src` indexes, the scores."""
-
-    ev: EideticOut
-    table_k: torch.Tensor  # (B, M + stream, Hk, Dh)
-    table_v: torch.Tensor
-    scores: torch.Tensor  # (B, T) the scorer's (without the gate)
-    aux_loss: torch.Tensor | None
-    f_prev0: torch.Tensor
-    g_stream: torch.Tensor | None
-    table_g: torch.Tensor | None  # (B, M + stream) gate logits beside the table (gate_read="logit")
-
-    def attention_kw(self) -> dict:
-        src = self.ev.blocks.src
-        kw = dict(mem_k=gather_rows(self.table_k, src), mem_v=gather_rows(self.table_v, src),
-                  mem_pos=self.ev.blocks.pos)
-        if self.table_g is not None:
-            kw["mem_bias"] = F.logsigmoid(gather_logits(self.table_g, src))
-        return kw
+from bmojo.ops.rope import apply_rope, rope_cos_sin
+from bmojo.ops.eidetic import Entries, eidetic_memory
 
 
 def _rename_predictor(state_dict, prefix, *args):
@@ -146,9 +89,10 @@ class BMojoMixer(Attention):
     def _at_edge(self, k, pos, edge):
         """Eidetic keys k (B, ..., M, Hk, Dh), rotated at their own positions pos (B, ..., M), rotated once more by
         edge - pos: as if at `edge` (RoPE rotations compose)."""
-        freq = _inv_freq(self.head_dim, self.rope_theta, self.rope_fraction, k.device)
-        ang = (edge - pos).to(torch.float32)[..., None, None] * freq  # (B, ..., M, 1, Dh)
-        return apply_rope(k, ang.cos().to(k.dtype), ang.sin().to(k.dtype))
+        delta = torch.as_tensor(edge, device=pos.device) - pos
+        cos, sin = rope_cos_sin(delta.flatten(), self.head_dim, self.rope_theta, k.dtype, self.rope_fraction)
+        shape = (*delta.shape, 1, self.head_dim)  # (B, ..., M, 1, Dh)
+        return apply_rope(k, cos.view(shape), sin.view(shape))
 
     # ---- eidetic scores ---------------------------------------------------------------------------------
     def _scores(self, x, f, f_prev0, t0):
@@ -242,7 +186,7 @@ class BMojoMixer(Attention):
         done = min(1.0, self.progress / self.anneal) if self.anneal > 0 else 0.0
         return round(self.train_memory_size - done * (self.train_memory_size - self.memory_size))
 
-    def _eidetic(self, x, f, vs, ks, state, t0, k_start, return_state) -> "_Eidetic":
+    def _eidetic(self, x, f, vs, ks, state, t0, k_start, return_state) -> "EideticCall":
         """Scores (plus the gate), the memory update over the key/value table, and what attention reads."""
         B, M = x.shape[0], self._capacity(state, return_state)
         f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, self.d_model)
@@ -264,7 +208,7 @@ class BMojoMixer(Attention):
         table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0, M)
         ev = eidetic_memory(scores, start=t0, chunk=self.chunk, memory=mem0, pending=pend,
                             src_offset=M + t0 - k_start, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
-        return _Eidetic(ev, table_k, table_v, innovation, aux, f_prev0, g_stream, table_g)
+        return EideticCall(ev, table_k, table_v, innovation, aux, f_prev0, g_stream, table_g)
 
     def _store_entries(self, q, state, t0, mem):
         """Per-query (keys, values, visible) from the long-term store, or None: the state's store (each query block
@@ -312,7 +256,7 @@ class BMojoMixer(Attention):
         return (torch.cat([mem.k, ks], 1), torch.cat([mem.v, vs_mem], 1), Entries(mem.score, mem.pos, slots),
                 Entries(mem.pend_score[:, :n], pend_pos, M + pend_pos - k_start))
 
-    def _memory_state(self, mem: "_Eidetic", f) -> MemoryState:
+    def _memory_state(self, mem: "EideticCall", f) -> MemoryState:
         ev, table_k, table_v = mem.ev, mem.table_k, mem.table_v
         B, C, dev = table_k.shape[0], self.chunk, table_k.device
         n = ev.pending.pos.shape[1]
