@@ -74,6 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel training processes (one torch thread each)")
     p.add_argument("--out", default="runs/compare", help="folder for results.json, results.png and checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace a comparison already in --out")
     g = p.add_argument_group("task options (each applies to the tasks named in its help)")
     for name, (f, tasks) in _task_fields().items():
         g.add_argument(f"--{name.replace('_', '-')}", dest=f"task__{name}", default=None, metavar="V",
@@ -115,7 +116,7 @@ def build_spec(args) -> CompareSpec:
     return CompareSpec(runs=runs, task=args.task, task_options=task_opts, model=model, params=args.params,
                        steps=args.steps, batch_size=args.batch_size, lrs=lrs, eval_examples=args.eval_examples,
                        target_acc=args.target_acc, length_factors=factors, seed=args.seed, workers=args.workers,
-                       out=args.out)
+                       out=args.out, overwrite=args.overwrite)
 
 
 def run(args) -> int:

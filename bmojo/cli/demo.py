@@ -25,10 +25,20 @@ def add_parser(sub) -> None:
     p.add_argument("--new-tokens", type=int, default=160, help="bytes to generate")
     p.add_argument("--out", default="runs/demo", help="folder for the checkpoint, metrics.jsonl and result.json")
     p.add_argument("--seed", type=int, default=0, help="seed of init and data")
+    p.add_argument("--overwrite", action="store_true", help="replace a demo run already in --out")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from bmojo.config import ConfigError
+    from bmojo.train.loop import claim_run_folder
+
+    for name in ("steps", "seq_len", "new_tokens"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if not args.prompt:
+        raise ConfigError("--prompt: must be a non-empty text (the model continues it)")
+    claim_run_folder(args.out, args.overwrite)  # before the run, not after it
     text = zen_of_python()
     tokens = encode_bytes(text)
     torch.manual_seed(args.seed)
@@ -46,7 +56,7 @@ def run(args) -> int:
     evals = [random_windows(tokens, 16, args.seq_len, g_eval) for _ in range(2)]
     tcfg = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, warmup=20, eval_every=100, log_every=10,
                        seed=args.seed)
-    res = train(model, tcfg, batch_fn, eval_batches=evals, out_dir=args.out, desc=args.preset,
+    res = train(model, tcfg, batch_fn, eval_batches=evals, out_dir=args.out, overwrite=True, desc=args.preset,
                 meta={"tokenizer": ByteTokenizer().to_dict()})
     print(f"trained {res.steps} steps in {res.train_seconds:.1f}s: eval loss {res.eval['loss']:.3f}, "
           f"next-byte accuracy {res.eval['acc']:.3f}", flush=True)

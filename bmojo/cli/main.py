@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from bmojo.config import ConfigError
     from bmojo.train.checkpoint import CheckpointError
-    from bmojo.train.loop import TrainingDiverged
+    from bmojo.train.loop import TrainingDiverged, TrainingInterrupted
 
     try:
         return args.func(args) or 0
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"bmojo {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as e:  # one line, no traceback; 130 is the shell's code for SIGINT
+        detail = f": {e}" if isinstance(e, TrainingInterrupted) else ""
+        print(f"\nbmojo {args.command}: interrupted{detail}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

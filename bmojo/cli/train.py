@@ -2,7 +2,9 @@
 
 The corpus is prepared on first use (see `bmojo data prepare`).  The run folder gets metrics.jsonl and a
 checkpoint (safetensors + JSON + the tokenizer) that `bmojo eval ppl` and `bmojo generate` read; `--resume`
-continues an interrupted run from its last checkpoint (use --save-every to checkpoint during training)."""
+continues an interrupted run from its last checkpoint with the options stored in it (only --steps may change,
+upwards).  A folder that holds a run is never replaced without --overwrite.  Ctrl-C stops after the current step
+and saves a checkpoint to resume from."""
 from __future__ import annotations
 
 import json
@@ -22,14 +24,19 @@ TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 16, "eval_every": 100, "save_ever
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on a text corpus", description=__doc__)
-    p.add_argument("--preset", default="bmojo", choices=sorted(PRESETS), help="which model of the family")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help=f"which model of the family (default: {LMSpec.preset})")
     add_corpus_args(p)
-    p.add_argument("--seq-len", type=int, default=LMSpec.seq_len, help="training context length in tokens")
-    p.add_argument("--params", type=int, default=LMSpec.params, help="target parameter count (sizes d_model)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help=f"training context length in tokens (default: {LMSpec.seq_len})")
+    p.add_argument("--params", type=int, default=None,
+                   help=f"target parameter count, which sizes d_model (default: {LMSpec.params:,})")
     p.add_argument("--model-opt", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"ModelConfig override (repeatable); built-in: {DEFAULT_LM_MODEL}")
     p.add_argument("--out", default=None, help="run folder (default runs/train/CORPUS-PRESET)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with the "
+                   "options stored there (give --steps to train further)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--config", default=None, metavar="FILE",
                    help='a JSON file of settings: {"preset", "seq_len", "params", "model": {ModelConfig fields}, '
                         '"train": {TrainConfig fields}}; options given on the command line win')
@@ -57,24 +64,82 @@ def read_config(file: str) -> tuple[dict, dict, dict]:
     return spec, model, train
 
 
-def run(args) -> int:
+def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     from bmojo.config import ConfigError
 
     file_run, file_model, file_train = ({}, {}, {})
     if args.config:
         file_run, file_model, file_train = read_config(args.config)
-    pick = {k: (getattr(args, k) if getattr(args, k) != default else file_run.get(k, default))
-            for k, default in (("preset", "bmojo"), ("seq_len", LMSpec.seq_len), ("params", LMSpec.params))}
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else file_run.get(k, getattr(LMSpec, k))
+            for k in ("preset", "seq_len", "params")}
     spec = LMSpec(pick["preset"], pick["seq_len"], pick["params"], {**file_model, **model_overrides(args.model_opt)})
     try:
         tcfg = dataclass_from_args(TrainConfig, args, {**TRAIN_DEFAULTS, **file_train})
     except ConfigError as e:
         raise ConfigError(f"{args.config}: {e}" if args.config else str(e)) from None
+    return spec, tcfg
+
+
+# options a resume may change: they do not change what is trained
+RESUME_MAY_CHANGE = ("steps", "progress", "skip_nonfinite", "parallel")
+
+
+def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
+    """The run's settings as its checkpoint stores them; an option given on the command line that differs from
+    them is an error naming it (only --steps may change)."""
+    from bmojo.config import ConfigError
+    from bmojo.train.checkpoint import has_checkpoint, read_meta
+
+    ckpt = out / "checkpoint"
+    if not has_checkpoint(ckpt):
+        raise ConfigError(f"--resume: {out} holds no checkpoint to resume; leave out --resume to start a run there")
+    if args.config:
+        raise ConfigError("--resume takes every option from the checkpoint; leave out --config")
+    saved = read_meta(ckpt)
+    if not {"lm", "train", "corpus"} <= set(saved):
+        raise ConfigError(f"{ckpt}: not a checkpoint of `bmojo train` (no language-model settings)")
+    lm, diffs = saved["lm"], []
+    for k in ("preset", "seq_len", "params"):
+        if getattr(args, k) is not None and getattr(args, k) != lm[k]:
+            diffs.append(f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {lm[k]})")
+    model = {k: v for k, v in model_overrides(args.model_opt).items() if saved["model"].get(k) != v}
+    if model:
+        diffs.append(f"--model-opt: the checkpoint's model differs in {sorted(model)}")
+    tcfg = dataclass_from_args(TrainConfig, args, saved["train"])
+    diffs += [f"--{k.replace('_', '-')} {v} (the run's: {saved['train'].get(k)})" for k, v in tcfg.to_dict().items()
+              if k not in RESUME_MAY_CHANGE and saved["train"].get(k) != v]
+    if diffs:
+        raise ConfigError("--resume continues the run with its own options; these differ: " + "; ".join(diffs) +
+                          ". Leave them out (only --steps may change), or start a new run with another --out")
+    return LMSpec(**lm), tcfg, saved["corpus"]["folder"]
+
+
+def run(args) -> int:
+    from bmojo.config import ConfigError
+    from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus
+    from bmojo.train.loop import TrainingInterrupted
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume: name the run folder with --out")
+    if args.resume:
+        spec, tcfg, folder = _spec_from_checkpoint(args, Path(args.out))
+    else:
+        spec, tcfg = _spec_from_args(args)
     d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
     main = d is None or d.main
     if not main:
         d.barrier()  # rank 0 prepares the corpus (first use) while the others wait
-    corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
+    if args.resume:
+        corpus = TokenCorpus(folder)
+        if args.corpus != "stdlib" or args.tokenizer != "byte" or args.data != DEFAULT_ROOT:
+            given = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
+            if given.folder.resolve() != corpus.folder.resolve():
+                raise ConfigError(f"--resume: the run was trained on {corpus.folder}, not {given.folder}; "
+                                  "leave out --corpus")
+    else:
+        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
     if d is not None and main:
         d.barrier()
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")
@@ -82,8 +147,19 @@ def run(args) -> int:
         print(f"train: {spec.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
               f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
               flush=True)
-    model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume)
+    try:
+        model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        if e.checkpoint:
+            e.args = (f"{e}. Resume with: bmojo train --resume --out {out}",)
+        raise
     if not main:
+        return 0
+    if res.already_done:
+        ppl = res.eval.get("ppl")
+        print(f"{out}: the run already finished at step {res.steps}" +
+              (f" (validation perplexity {ppl:.3f})" if ppl is not None else "") +
+              "; nothing changed. Pass a larger --steps to train it further")
         return 0
     summary = {"preset": spec.preset, "params": model.num_params(), "steps": res.steps,
                "train_seconds": res.train_seconds, "val_loss": res.eval.get("loss"), "val_ppl": res.eval.get("ppl"),

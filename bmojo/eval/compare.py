@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bmojo.config import ConfigError
 from bmojo.data.synthetic import batch_stream, make_task
 from bmojo.models import BMojoLM, size_to_params
 from bmojo.train import TrainConfig, evaluate, train
@@ -47,11 +48,23 @@ class CompareSpec:
     seed: int = 0
     workers: int = 1
     out: str = "runs/compare"
+    overwrite: bool = False  # replace the results and runs already in `out`
 
 
 def _eval_batches(task: str, opts: dict, n: int, seed: int, batch: int = 128):
     _, gen = make_task(task, **opts)
     return [gen(min(batch, n - i), np.random.default_rng([seed, 7919, i])) for i in range(0, n, batch)]
+
+
+def run_config(spec: CompareSpec, run: RunSpec):
+    """The model config of `run`: its preset at the parameter budget, with the shared and its own overrides."""
+    task_cfg, _ = make_task(spec.task, **spec.task_options)
+    model_kw = {"vocab_size": task_cfg.vocab_size, "max_seq_len": task_cfg.seq_len * max(spec.length_factors, default=1),
+                **spec.model, **run.model}
+    try:
+        return size_to_params(run.preset, spec.params, **model_kw)
+    except ConfigError as e:
+        raise ConfigError(f"run {run.label}: {e}") from None
 
 
 def _one_run(args) -> dict:
@@ -62,9 +75,7 @@ def _one_run(args) -> dict:
     tune_cpu_allocator()
     task_cfg, gen = make_task(spec.task, **spec.task_options)
     T = task_cfg.seq_len
-    kmax = max(spec.length_factors, default=1)
-    model_kw = {"vocab_size": task_cfg.vocab_size, "max_seq_len": T * kmax, **spec.model, **run.model}
-    cfg = size_to_params(run.preset, spec.params, **model_kw)
+    cfg = run_config(spec, run)
     torch.manual_seed(spec.seed)
     model = BMojoLM(cfg)
     tcfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=lr, warmup=spec.warmup,
@@ -72,8 +83,8 @@ def _one_run(args) -> dict:
     evals = _eval_batches(spec.task, spec.task_options, spec.eval_examples, spec.seed)
     safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in run.label)
     res = train(model, tcfg, batch_stream(gen, spec.batch_size, spec.seed), eval_batches=evals,
-                out_dir=Path(spec.out) / "runs" / f"{safe}-lr{lr:g}", meta={"task": spec.task,
-                                                                               "task_options": spec.task_options})
+                out_dir=Path(spec.out) / "runs" / f"{safe}-lr{lr:g}", overwrite=spec.overwrite,
+                meta={"task": spec.task, "task_options": spec.task_options})
     row = {"label": run.label, "preset": run.preset, "lr": lr, "params": model.num_params(),
            "d_model": cfg.d_model, "state_bytes": model.state_bytes(T), "acc": res.eval.get("acc", float("nan")),
            "loss": res.eval.get("loss", float("nan")), "steps": res.steps, "train_seconds": res.train_seconds,
@@ -89,10 +100,23 @@ def _one_run(args) -> dict:
     return row
 
 
+def claim_results_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a comparison unless `overwrite` (then its partial rows are cleared; each run
+    folder is replaced as its run starts)."""
+    made = [p.name for p in (out / "results.json", out / "rows.jsonl", out / "runs") if p.exists()]
+    if made and not overwrite:
+        raise ConfigError(f"{out} already holds a comparison ({', '.join(made)}); choose another --out or pass "
+                          "--overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.jsonl").unlink(missing_ok=True)
+
+
 def run_compare(spec: CompareSpec, log=print) -> dict:
     jobs = [(spec, run, lr) for run in spec.runs for lr in spec.lrs]
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for run in spec.runs:  # every config is checked before any training starts
+        run_config(spec, run)
+    claim_results_folder(out, spec.overwrite)
     log(f"compare: {len(spec.runs)} models x {len(spec.lrs)} learning rates = {len(jobs)} runs on {spec.task} "
         f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()

@@ -61,7 +61,10 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
             raise ValueError(f"checkpoint file name {name!r}: must be a plain file name of its own")
         (tmp / name).write_text(text)
     (tmp / "config.json").write_text(json.dumps(info, indent=2))
+    umask = os.umask(0)
+    os.umask(umask)
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        os.chmod(f, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is as readable as any file made here
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if path.exists():
@@ -70,6 +73,12 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """A checkpoint folder is at `path`, or its previous copy (a crash between save_checkpoint's renames)."""
+    path = Path(path)
+    return path.is_dir() or path.with_name(f".{path.name}.old").is_dir()
 
 
 def read_meta(path: str | Path) -> dict:

@@ -18,7 +18,7 @@ from bmojo.config import ConfigError, ModelConfig, _f
 from bmojo.data.text.corpus import TokenCorpus
 from bmojo.data.text.tokenizer import tokenizer_files
 from bmojo.models import BMojoLM, size_to_params
-from bmojo.train.checkpoint import read_meta
+from bmojo.train.checkpoint import has_checkpoint, read_meta
 from bmojo.train.config import TrainConfig
 from bmojo.train.loop import TrainResult, train
 
@@ -75,20 +75,21 @@ def fixed_windows(tokens: np.ndarray, n_batches: int, batch: int, seq_len: int):
 
 
 def train_lm(spec: LMSpec, corpus: TokenCorpus, tcfg: TrainConfig, out_dir: str | Path | None = None, *,
-             resume: bool = False, desc: str | None = None) -> tuple[BMojoLM, TrainResult]:
+             resume: bool = False, overwrite: bool = False, desc: str | None = None) -> tuple[BMojoLM, TrainResult]:
     """Train `spec.preset` on `corpus`; the checkpoint (under out_dir) holds the model, optimizer and tokenizer."""
     tok = corpus.tokenizer
     cfg = model_config(spec, tok.vocab_size)
     meta = {"lm": asdict(spec), "tokenizer": tok.to_dict(), "corpus": {"folder": str(corpus.folder),
             "name": corpus.manifest["corpus"], "source": corpus.manifest["source"]}}
     ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    if resume and ckpt is not None and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
+    if resume and ckpt is not None and has_checkpoint(ckpt):
         _check_resumable(read_meta(ckpt), cfg, tcfg, meta)
     torch.manual_seed(tcfg.seed)
     model = BMojoLM(cfg)
     evals = fixed_windows(corpus.tokens("val"), tcfg.eval_batches, tcfg.batch_size, spec.seq_len)
     res = train(model, tcfg, packed_batches(corpus.tokens("train"), tcfg.batch_size, spec.seq_len, tcfg.seed),
-                eval_batches=evals, out_dir=out_dir, meta=meta, resume=resume, desc=desc or spec.preset,
+                eval_batches=evals, out_dir=out_dir, meta=meta, resume=resume, overwrite=overwrite,
+                desc=desc or spec.preset,
                 files=tokenizer_files(tok))
     return model, res
 

@@ -7,6 +7,10 @@ where nothing is asked; the LM head runs only at labelled positions.
 from __future__ import annotations
 
 import math
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bmojo.train.checkpoint import load_optimizer, load_weights, read_meta, read_optimizer, save_checkpoint
+from bmojo.config import ConfigError
+from bmojo.train.checkpoint import has_checkpoint, load_optimizer, load_weights, read_meta, read_optimizer, \
+    save_checkpoint
 from bmojo.train.config import TrainConfig
 from bmojo.train import dist
 from bmojo.train.optim import group_names, lr_at, make_optimizer, no_decay_names
@@ -26,6 +32,62 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN/Inf; the message names the step and the first offending tensor."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: `step` optimizer steps are done and `checkpoint` (or None) holds the last saved one."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+RUN_FILES = ("checkpoint", ".checkpoint.old", ".checkpoint.tmp", "metrics.jsonl", "result.json")
+
+
+def claim_run_folder(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse a folder that holds a run (a checkpoint or metrics) unless `overwrite`, which removes that run's
+    files first (so nothing of it is mixed with the new one)."""
+    out = Path(out_dir)
+    found = [n for n in RUN_FILES if (out / n).exists()]
+    if not found:
+        return
+    if not overwrite:
+        step = ""
+        if has_checkpoint(out / "checkpoint"):
+            try:
+                step = f" (checkpoint at step {read_meta(out / 'checkpoint')['step']})"
+            except Exception:  # an unreadable checkpoint is still a run not to overwrite
+                step = " (an unreadable checkpoint)"
+        raise ConfigError(f"{out} already holds a run{step}: {', '.join(found)}; pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --out")
+    for n in found:
+        f = out / n
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
+class _StopOnCtrlC:
+    """While active, the first Ctrl-C asks the loop to stop at the next step boundary (so the checkpoint it
+    saves is a consistent one); a second Ctrl-C stops at once.  Only in the main thread of a single process."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested, self._prev = False, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)\n")
+
+    def __enter__(self):
+        if self.enabled:
+            self._prev = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._prev)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -86,6 +148,7 @@ class TrainResult:
     stopped_early: bool = False
     checkpoint: str | None = None
     skipped_batches: int = 0
+    already_done: bool = False  # a resume found the run finished: nothing was trained or written
 
 
 def loss_and_acc(model, inputs, labels):
@@ -118,40 +181,64 @@ def evaluate(model, batches: list[Batch]) -> dict:
 
 def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_batches: list[Batch] | None = None,
           out_dir: str | Path | None = None, meta: dict | None = None, resume: bool = False,
-          desc: str = "train", files: dict[str, str] | None = None) -> TrainResult:
-    """Train for cfg.steps (from the checkpoint's step with `resume`); `files` (name -> text) are written into
-    every checkpoint beside the weights, e.g. the tokenizer.  Launched by torchrun with several processes, the
-    model is wrapped in DDP or FSDP2 (cfg.parallel) and each process trains on its rows of every global batch
-    (bmojo.train.dist)."""
+          overwrite: bool = False, desc: str = "train", files: dict[str, str] | None = None) -> TrainResult:
+    """Train for cfg.steps; `files` (name -> text) are written into every checkpoint beside the weights, e.g. the
+    tokenizer.  An `out_dir` that holds a run is refused unless `resume` (continue from its checkpoint, or start
+    if it has none yet; a finished run is left as it is) or `overwrite` (replace it).  Ctrl-C stops at the next
+    step boundary, saves a checkpoint and raises TrainingInterrupted.  Launched by torchrun with several
+    processes, the model is wrapped in DDP or FSDP2 (cfg.parallel) and each process trains on its rows of every
+    global batch (bmojo.train.dist)."""
     d = dist.setup(cfg.parallel, cfg.batch_size)
     ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if ckpt is not None and not resume and (d is None or d.main):
+        claim_run_folder(out_dir, overwrite)
     no_decay = no_decay_names(model)  # read before any wrapping, which may drop the tags
     # 1. resume: the weights and the step to start from (the optimizer state is read once the optimizer exists)
     start, saved = _restore(model, ckpt, resume)
+    if saved is not None and start >= cfg.steps:
+        if start > cfg.steps:
+            raise ConfigError(f"--resume: the checkpoint {saved['_path']} is at step {start}, past steps="
+                              f"{cfg.steps}; steps may only grow")
+        return TrainResult(start, 0.0, saved.get("eval", {}), checkpoint=saved["_path"], already_done=True)
     # 2. the distributed wrap, then the one optimizer over the parameters the steps update
     net, opt = _prepare(model, cfg, d, no_decay, saved)
     run = _Run(cfg, d, ckpt, desc, lambda step_meta: _save(ckpt, model, net, opt, cfg, no_decay,
                                                             {**step_meta, "train": cfg.to_dict(), **(meta or {})},
-                                                            files, d))
+                                                            files, d), start if resume else None)
     net.train()
     step = start
-    for step in range(start, cfg.steps):
-        # 3. one optimizer step (or a skipped batch)
-        t0 = time.perf_counter()
-        if hasattr(model, "set_progress"):  # schedules inside the model (the eidetic training pool's)
-            model.set_progress(step / max(cfg.steps, 1))
-        done = _step(net, opt, cfg, d, batch_fn, step, ckpt, run)
-        if done is None:
-            continue
-        # 4. metrics, evaluation, checkpoints
-        if run.after_step(step, done, time.perf_counter() - t0, net, eval_batches):
-            break
+    with _StopOnCtrlC(d is None) as ctrl_c:
+        try:
+            for step in range(start, cfg.steps):
+                if ctrl_c.requested:  # step boundary: `step` steps are done
+                    run.bar.close()
+                    path = run.save({"step": step}) if ckpt is not None else None
+                    raise TrainingInterrupted(f"stopped after step {step}" + (f"; checkpoint {path} (step {step})"
+                                                                              if path else ""), step, path)
+                # 3. one optimizer step (or a skipped batch)
+                t0 = time.perf_counter()
+                if hasattr(model, "set_progress"):  # schedules inside the model (the eidetic training pool's)
+                    model.set_progress(step / max(cfg.steps, 1))
+                done = _step(net, opt, cfg, d, batch_fn, step, ckpt, run)
+                if done is None:
+                    continue
+                # 4. metrics, evaluation, checkpoints
+                if run.after_step(step, done, time.perf_counter() - t0, net, eval_batches):
+                    break
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C (or one in a distributed run): the last saved checkpoint stays
+            run.bar.close()
+            last = read_meta(ckpt)["step"] if ckpt is not None and has_checkpoint(ckpt) else None
+            where = f"; the last checkpoint is {ckpt} (step {last})" if last is not None else "; no checkpoint saved"
+            raise TrainingInterrupted(f"stopped during step {step + 1}{where}", step,
+                                      str(ckpt) if last is not None else None) from None
     return run.finish(step + 1 if cfg.steps > start else start)
 
 
 def _restore(model, ckpt: Path | None, resume: bool) -> tuple[int, dict | None]:
     """With `resume` and a checkpoint: load its weights into `model` -> (its step, its metadata)."""
-    if not (resume and ckpt is not None and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists())):
+    if not (resume and ckpt is not None and has_checkpoint(ckpt)):
         return 0, None
     info = read_meta(ckpt)
     load_weights(model, Path(info["_path"]) / "model.safetensors")
@@ -218,10 +305,12 @@ def _step(net, opt, cfg: TrainConfig, d, batch_fn, step: int, ckpt, run) -> dict
 class _Run:
     """What a run writes as it goes: the metrics log, the progress line, evaluations, checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, d, ckpt, desc: str, save):
+    def __init__(self, cfg: TrainConfig, d, ckpt, desc: str, save, resumed_at: int | None = None):
         main = d is None or d.main
         self.cfg, self.d, self.ckpt, self.save = cfg, d, ckpt, save
         self.log = MetricsLog(ckpt.parent / "metrics.jsonl" if ckpt is not None and main else None)
+        if resumed_at is not None:  # rows past the checkpoint came from steps that are about to be redone
+            self.log.keep_until(resumed_at)
         self.bar = Progress(cfg.steps, desc, cfg.progress and main)
         self.history, self.eval, self.stopped = [], {}, False
         self.t_train, self.tokens, self.skipped = 0.0, 0, 0

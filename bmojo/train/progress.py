@@ -45,6 +45,17 @@ class MetricsLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def keep_until(self, step: int) -> None:
+        """Drop the rows of steps after `step` (a resumed run redoes them), atomically."""
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(self.path)
+
     def write(self, **row) -> None:
         if self.path is not None:
             with open(self.path, "a") as f:

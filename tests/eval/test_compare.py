@@ -32,6 +32,16 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
     assert (out / "results.png").stat().st_size > 1000
     table = capsys.readouterr().out
     assert "state bytes" in table and "bmojo[M=2]" in table
+    # the same command again: refused before any training, the comparison untouched; --overwrite replaces it
+    before = (out / "results.json").read_bytes()
+    again = ["compare", "--presets", "swa", "--steps", "2", "--batch-size", "4", "--params", "20000",
+             "--eval-examples", "8", "--workers", "1", "--vocab-size", "32", "--seq-len", "24", "--num-kv-pairs", "3",
+             "--query-start", "12",
+             "--model-opt", "window=4", "--model-opt", "chunk=4", "--out", str(out)]
+    assert main(again) == 2
+    assert "already holds a comparison" in capsys.readouterr().err and (out / "results.json").read_bytes() == before
+    assert main(again + ["--overwrite"]) == 0
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())["best"]] == ["swa"]
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -40,10 +50,11 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
     (["--presets", "gpt"], "unknown.*gpt"),
     (["--model-opt", "windw=3"], "expected FIELD=VALUE"),
     (["--digits", "3"], "no option.*--digits"),
+    (["--model-opt", "window=4"], r"run \w+: ModelConfig.chunk=8"),  # checked before any training
 ])
 def test_compare_bad_options(argv, match, tmp_path, capsys):
-    rc = main(["compare", "--out", str(tmp_path)] + argv)
-    assert rc == 2
+    rc = main(["compare", "--out", str(tmp_path / "cmp")] + argv)
+    assert rc == 2 and not (tmp_path / "cmp").exists()
     assert __import__("re").search(match, capsys.readouterr().err)
 
 
