@@ -14,6 +14,7 @@ import torch
 from bmojo.config import ConfigError
 from bmojo.cli.memory import add_store_args, open_store
 from bmojo.inference import generate
+from bmojo.inference.sampling import check_sampling
 from bmojo.memory.session import load_session, save_session
 from bmojo.train.checkpoint import load_lm_checkpoint
 
@@ -22,7 +23,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a checkpoint (streamed)", description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train` or `bmojo demo`")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text to continue")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the text to continue from FILE (UTF-8; - = stdin): "
+                     "for prompts too long for the command line")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
@@ -32,11 +36,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def read_prompt(args) -> str:
+    """The prompt text from --prompt or --prompt-file; a non-empty text or a clear error."""
+    if args.prompt_file is None:
+        text, where = args.prompt, "--prompt"
+    else:
+        where = f"--prompt-file {args.prompt_file}"
+        try:
+            text = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read it as UTF-8 text ({e})") from None
+    if not text:
+        raise ConfigError(f"{where}: the prompt must not be empty")
+    return text
+
+
 class StreamDecoder:
     """Writes the text of a growing token list as soon as it decodes to whole characters."""
 
-    def __init__(self, tok, prompt_ids: list[int], out=sys.stdout):
-        self.tok, self.ids, self.out = tok, list(prompt_ids), out
+    def __init__(self, tok, prompt_ids: list[int], out=None):
+        self.tok, self.ids, self.out = tok, list(prompt_ids), out or sys.stdout  # stdout as it is now
         self.written = len(tok.decode(self.ids))
         self.start = len(self.ids)
 
@@ -57,12 +76,16 @@ class StreamDecoder:
 
 
 def run(args) -> int:
-    model, _, tok = load_lm_checkpoint(args.checkpoint)
-    ids = tok.encode(args.prompt).tolist()
-    if not ids:
-        raise ConfigError("--prompt: must not be empty")
+    try:  # every option is checked before the checkpoint is read or a byte is written
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        name = str(e).split()[0]
+        raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens}: must be >= 0")
+    prompt = read_prompt(args)
+    model, _, tok = load_lm_checkpoint(args.checkpoint)
+    ids = tok.encode(prompt).tolist()
     store = state = None
     if args.storage:
         store = open_store(args, model)
@@ -70,7 +93,7 @@ def run(args) -> int:
         if state.pos:
             print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
     stream = StreamDecoder(tok, ids)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     try:
         _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]),

@@ -59,8 +59,8 @@ def _eval_batches(task: str, opts: dict, n: int, seed: int, batch: int = 128):
 def run_config(spec: CompareSpec, run: RunSpec):
     """The model config of `run`: its preset at the parameter budget, with the shared and its own overrides."""
     task_cfg, _ = make_task(spec.task, **spec.task_options)
-    model_kw = {"vocab_size": task_cfg.vocab_size, "max_seq_len": task_cfg.seq_len * max(spec.length_factors, default=1),
-                **spec.model, **run.model}
+    longest = task_cfg.seq_len * max(spec.length_factors, default=1)
+    model_kw = {"vocab_size": task_cfg.vocab_size, "max_seq_len": longest, **spec.model, **run.model}
     try:
         return size_to_params(run.preset, spec.params, **model_kw)
     except ConfigError as e:

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from bmojo.inference.sampling import sample_next
+from bmojo.inference.sampling import check_sampling, sample_next
 
 
 @torch.no_grad()
@@ -25,6 +25,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be (B, T) with T >= 1, got {tuple(prompt.shape)}")
+    check_sampling(temperature, top_k, top_p)
     was_training = model.training
     model.eval()
     gen = None

@@ -149,7 +149,7 @@ class Attention(nn.Module):
         if self.window is None and self.backend.impl != "ref":
             o = causal_attention(q, ks, vs, scale=self.scale)
         else:  # the windowed op with W >= T is exactly full causal attention
-            W = self.window if self.window is not None else t0 + T
+            W = self.window if self.window is not None else max(t0 + T, 1)
             o = self.backend.window_attention(q, ks, vs, W, chunk=self.chunk or W, q_start=t0, k_start=start,
                                               scale=self.scale)
         y = self.o_proj(o.reshape(B, T, D))

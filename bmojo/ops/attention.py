@@ -90,7 +90,7 @@ def window_attention_ref(q, k, v, window, *, chunk=None, q_start=0, k_start=0, f
         ex = None if extra is None else tuple(e[:, t] for e in extra)
         b_all = torch.cat(bias, 1) if (mem_bias is not None or fading_bias is not None) else None
         outs.append(attend(q_t, torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), scale, ex, b_all))
-    return torch.stack(outs, dim=1)
+    return torch.stack(outs, dim=1) if outs else q.new_zeros(q.shape[:3] + v.shape[3:])
 
 
 def _frame_blocks(t, t_start, first, length, block, step):

@@ -22,7 +22,7 @@ def causal_conv1d_ref(x, weight, bias=None, initial_state=None, output_final_sta
         window = torch.stack(hist, dim=-1)  # (B, C, K)
         y_t = (window * weight).sum(-1)
         ys.append(y_t if bias is None else y_t + bias)
-    y = torch.stack(ys, dim=1)  # (B, T, C)
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(x.shape)  # (B, T, C)
     final = torch.stack(hist[len(hist) - (K - 1):], -1) if K > 1 else _zero_state(x, K)
     return y, (final if output_final_state else None)
 

@@ -92,3 +92,54 @@ def test_foreign_or_other_version_checkpoints_lose_nothing(tmp_path, texts, caps
     (ck / "model.safetensors").write_bytes(b"PK\x03\x04 not safetensors")
     assert main(["generate", "--checkpoint", str(ck), "--prompt", "x"]) == 2
     assert "model.safetensors: not a readable safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--temperature", "-1"], "--temperature: temperature must be a finite number >= 0, got -1.0"),
+    (["--temperature", "nan"], "--temperature: temperature must be a finite number"),
+    (["--top-p", "0"], r"--top-p: top_p must be in \(0, 1\], got 0.0"),
+    (["--top-k", "0"], "--top-k: top_k must be >= 1"),
+    (["--max-new-tokens", "-2"], "--max-new-tokens=-2: must be >= 0"),
+    (["--prompt-file", "/no/such/prompt.txt"], "--prompt-file /no/such/prompt.txt: cannot read it"),
+])
+def test_generate_options_are_checked_before_any_work(tmp_path, capsys, argv, message):
+    """Checked before the checkpoint is read and before the prompt is echoed (the checkpoint here does not
+    even exist: the option's error comes first)."""
+    import re
+
+    prompt = [] if "--prompt-file" in argv else ["--prompt", "To be"]
+    assert main(["generate", "--checkpoint", str(tmp_path / "missing"), *prompt, *argv]) == 2
+    cap = capsys.readouterr()
+    assert re.search(message, cap.err), cap.err
+    assert cap.out == ""
+
+
+def test_generate_reads_the_prompt_from_a_file_or_stdin(tmp_path, capsys, monkeypatch):
+    import io
+
+    assert main(["demo", "--steps", "2", "--new-tokens", "4", "--out", str(tmp_path / "demo")]) == 0
+    capsys.readouterr()
+    text = "Beautiful is better than ugly. " * 40 + "\u00e9\n"  # UTF-8, newlines: what a shell argument mangles
+    (tmp_path / "prompt.txt").write_text(text, encoding="utf-8")
+    gen = ["generate", "--checkpoint", str(tmp_path / "demo" / "checkpoint"), "--max-new-tokens", "3",
+           "--temperature", "0"]
+    assert main(gen + ["--prompt-file", str(tmp_path / "prompt.txt")]) == 0
+    from_file = capsys.readouterr().out
+    assert from_file.startswith(text) and len(from_file) > len(text)
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(gen + ["--prompt-file", "-"]) == 0
+    assert capsys.readouterr().out == from_file
+    (tmp_path / "empty.txt").write_text("")
+    assert main(gen + ["--prompt-file", str(tmp_path / "empty.txt")]) == 2
+    assert "the prompt must not be empty" in capsys.readouterr().err
+
+
+def test_demo_checks_its_options_before_training(tmp_path, capsys):
+    import time
+
+    t0 = time.perf_counter()
+    assert main(["demo", "--prompt", "", "--out", str(tmp_path / "d")]) == 2
+    assert "--prompt: must be a non-empty text" in capsys.readouterr().err
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--steps 0: must be >= 1" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "d").exists()

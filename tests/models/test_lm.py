@@ -66,6 +66,21 @@ def test_full_forward_equals_prefill_then_decode(name, T):
     assert_close(steps, full, rtol=1e-4, name="decode from empty state")
 
 
+@pytest.mark.parametrize("impl", ["ref", "fast", "fused"])
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_empty_input_gives_empty_output_and_leaves_the_state(name, impl):
+    m = model(name, impl=impl)
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    out = m(empty)
+    assert out.logits.shape == (2, 0, V)
+    with torch.no_grad():
+        state = m(ids_of(5), return_state=True).state
+        after = m(empty, state, return_state=True).state
+        assert after.pos == 5
+        ids = ids_of(3, seed=4)
+        assert_close(m(ids, after).logits, m(ids, m(ids_of(5), return_state=True).state).logits, name="after empty")
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 @torch.no_grad()
 def test_greedy_generate_equals_recomputing(name):
