@@ -4,7 +4,8 @@ lengths.
 --factors 1,2,4,8,16 (the default) scores the checkpoint at those multiples of its training length over the same
 test tokens, taken from documents at least 16x the training length long; contexts longer than --segment are
 streamed through the recurrent mode.  With --storage DIR every window also gets a fresh long-term store in DIR
-(tokens evicted from the eidetic memory, retrieved by later queries; DIR is overwritten).  Writes eval.json and a
+(tokens evicted from the eidetic memory, retrieved by later queries): DIR must be new or empty, since it is
+cleared for every window (--overwrite-storage to reuse a store folder).  Writes eval.json and a
 plot of loss against token position."""
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def add_parser(sub) -> None:
     q.add_argument("--segment", type=int, default=4096, help="stream contexts longer than this many tokens")
     q.add_argument("--out", default=None, help="folder for eval.json and the plot; if not given, CHECKPOINT/../eval")
     add_store_args(q)
+    q.add_argument("--overwrite-storage", action="store_true", help="let --storage name an existing store, which "
+                   "is deleted (eval ppl clears it for every window)")
     q.set_defaults(func=run_ppl)
     h = esub.add_parser("harness", help="lm-evaluation-harness tasks on a checkpoint (the `eval` extra)",
                         description="Runs lm-evaluation-harness tasks on a bmojo checkpoint through lm-eval's HF "
@@ -77,6 +80,11 @@ def run_harness(args) -> int:
 
 
 def run_ppl(args) -> int:
+    if args.storage and Path(args.storage).exists() and any(Path(args.storage).iterdir()) \
+            and not args.overwrite_storage:
+        raise ConfigError(f"--storage {args.storage}: the folder is not empty (a store `generate` built, with its "
+                          "session?); eval ppl clears its store for every window, so name a new folder, or pass "
+                          "--overwrite-storage to delete that store")
     model, meta = load_checkpoint(args.checkpoint)
     if "tokenizer" not in meta or "lm" not in meta:
         raise ConfigError(f"{args.checkpoint}: not a language-model checkpoint (trained on a synthetic task?)")

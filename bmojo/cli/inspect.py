@@ -3,7 +3,8 @@
 Writes OUT/inspect.html (self-contained: no network), OUT/inspect.png and OUT/inspect.json. For every layer
 they show each token's innovation score, the tokens that entered the eidetic memory and those that went on to the
 long-term store, and, for every query, the share of its attention that went to the raw window, the fading tokens,
-the eidetic tokens and the store (a scratch store is attached for the read).
+the eidetic tokens and, with --with-store, a long-term store (a scratch one is attached for the read; without it
+the model runs as it is, with no store).
 
 A checkpoint trained on a synthetic task (`bmojo compare`, `bmojo train --task`) is read on one sequence of that
 task (`--example SEED`): tokens are labelled by role (mqar: K/V pairs, ? queries, . filler) and the summary says how
@@ -27,6 +28,8 @@ def add_parser(sub) -> None:
     src.add_argument("--text", help="the text to read")
     src.add_argument("--file", help="a UTF-8 text file to read")
     p.add_argument("--max-tokens", type=int, default=2048, help="read at most this many tokens of the text")
+    p.add_argument("--with-store", action="store_true", help="attach a scratch long-term store, as `generate "
+                   "--storage` does, and show what went to it and what was read back")
     p.add_argument("--out", default=None, help="output folder; if not given, CHECKPOINT/../inspect")
     p.set_defaults(func=run)
 
@@ -66,7 +69,7 @@ def _write(args, model, ids, texts, keep=None) -> int:
     from bmojo.eval.inspect import kept_summary, report, write_html, write_png
 
     try:
-        rep = report(model, ids, texts)
+        rep = report(model, ids, texts, with_store=args.with_store)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if keep is not None:

@@ -3,8 +3,8 @@
 For every B'MOJO layer (pattern B or F) of a checkpoint, on one text read in parallel mode from position 0:
   - each token's innovation score (the eidetic selector's score; layers without eidetic memory have none),
   - which tokens entered the eidetic memory (held by some query block's memory, or by the final memory),
-  - which tokens went to the long-term store (bmojo.memory: they left the eidetic pool; a scratch store in a
-    temporary folder is attached for the read),
+  - with `with_store`, which tokens went to a long-term store (bmojo.memory: they left the eidetic pool; a
+    scratch store in a temporary folder is attached for the read); without it the model runs as it is, no store,
   - for each query, the share of its attention (mean over heads) going to the raw window, the fading tokens,
     the eidetic tokens and the entries it retrieved from the store.  The shares come from the same softmax the
     model computes (`window_attention_shares`), and sum to 1 per query.
@@ -24,9 +24,10 @@ SHARES = ("raw", "fading", "eidetic", "store")
 
 
 @torch.no_grad()
-def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> dict:
+def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None, with_store: bool = False) -> dict:
     """ids (T,) -> {"tokens": [...], "layers": [{"index", "kind", "scores", "in_memory", "in_store", "shares"},
-    ...]}.  `store_cfg` (a bmojo.memory.StoreConfig) sets how the scratch store is searched."""
+    ...]}.  `with_store` attaches a scratch long-term store (searched as `store_cfg`, a bmojo.memory.StoreConfig,
+    says); without it the store's share is 0 and nothing goes to a store."""
     from bmojo.layers.bmojo import BMojoMixer
     from bmojo.memory import Store
 
@@ -35,7 +36,7 @@ def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None) -> d
         raise ValueError(f"the model (pattern {model.cfg.pattern!r}) has no B'MOJO layers to inspect")
     was_training = model.training
     model.eval()
-    with_store = any(m.memory_size > 0 for _, m in mixers)
+    with_store = with_store and any(m.memory_size > 0 for _, m in mixers)
     try:
         with tempfile.TemporaryDirectory(prefix="bmojo-inspect-") as tmp:
             store = Store.for_model(Path(tmp) / "store", model, cfg=store_cfg) if with_store else None

@@ -33,6 +33,20 @@ def test_prepare_train_eval_generate(tmp_path, texts, capsys, tokenizer):
     assert main(["generate", "--checkpoint", str(run / "checkpoint"), "--prompt", "To be", "--max-new-tokens", "12",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("To be")
+    # a store that generate built (with its session) is not wiped by eval ppl without --overwrite-storage
+    from bmojo.memory.store import describe
+
+    mem = tmp_path / "mem"
+    assert main(["generate", "--checkpoint", str(run / "checkpoint"), "--prompt", "To be or not to be, that is",
+                 "--max-new-tokens", "12", "--storage", str(mem)]) == 0
+    kept = describe(mem)
+    assert kept["has_session"]
+    ppl = ["eval", "ppl", "--checkpoint", str(run / "checkpoint"), "--factors", "1,2", "--regions", "1"]
+    capsys.readouterr()
+    assert main([*ppl, "--storage", str(mem)]) == 2
+    assert "--overwrite-storage" in capsys.readouterr().err and describe(mem) == kept
+    assert main([*ppl, "--storage", str(tmp_path / "scratch")]) == 0  # a new folder is fine
+    assert main([*ppl, "--storage", str(mem), "--overwrite-storage"]) == 0
 
 
 @pytest.mark.parametrize("tok_kind", ["byte", "bpe"])

@@ -38,7 +38,7 @@ def _model():
 def test_report_matches_the_model_internals(tmp_path):
     model = _model()
     ids = torch.randint(1, 256, (60,), generator=seeded(3))
-    rep = report(model, ids, [chr(65 + i % 26) for i in range(60)])
+    rep = report(model, ids, [chr(65 + i % 26) for i in range(60)], with_store=True)
     W, C = model.cfg.window, model.cfg.chunk_size
     with torch.no_grad(), Store.for_model(tmp_path / "s", model) as store:  # the same read, with its own store
         state = model(ids[None], model.init_state(1, store=store), return_state=True).state
@@ -61,6 +61,20 @@ def test_report_matches_the_model_internals(tmp_path):
         assert [r is not None for r in rec.records] == [isinstance(b.mixer, BMojoMixer) for b in model.layers]
     with torch.no_grad():  # and the model computes as before
         assert torch.equal(model(ids[None]).logits, _model()(ids[None]).logits)
+
+
+def test_report_without_a_store_runs_the_model_as_it_is():
+    """By default no store is attached: nothing goes to one, its share is 0, and the shares are those of the model's
+    own forward (window, fading, eidetic only)."""
+    model = _model()
+    ids = torch.randint(1, 256, (60,), generator=seeded(3))
+    rep = report(model, ids, [chr(65 + i % 26) for i in range(60)])
+    with_store = report(model, ids, [chr(65 + i % 26) for i in range(60)], with_store=True)
+    for L, S in zip(rep["layers"], with_store["layers"]):
+        assert not any(L["in_store"]) and max(L["shares"]["store"]) == 0
+        assert all(abs(sum(L["shares"][k][i] for k in L["shares"]) - 1) < 1e-5 for i in range(60))
+        assert max(S["shares"]["store"]) > 0  # the store changes what the model reads
+        assert L["in_memory"] == S["in_memory"]
 
 
 def test_command_writes_a_self_contained_page_that_renders(tmp_path):
