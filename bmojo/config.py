@@ -155,6 +155,11 @@ class ModelConfig:
         return self.expand * self.d_model
 
     @property
+    def mamba2_heads(self) -> bool:
+        """The model has mamba2 SSMs (M, F or B layers with ssm_kind mamba2), so ssm_head_dim and n_groups count."""
+        return self.ssm_kind == "mamba2" and bool(set(self.pattern) & {"M", "F", "B"})
+
+    @property
     def mamba1_dt_rank(self) -> int:
         return self.dt_rank or math.ceil(self.d_model / 16)
 
@@ -222,9 +227,11 @@ class ModelConfig:
                                               for i in self.score_layers),
              "score_layers", f"must be None or layer indices in 0 .. {self.n_layers - 1}")
         need(self.ssm_kind in SSM_KINDS, "ssm_kind", f"allowed: {SSM_KINDS}")
-        need(self.d_inner % self.ssm_head_dim == 0, "ssm_head_dim", f"must divide E = expand*d_model = {self.d_inner}")
-        need((self.d_inner // self.ssm_head_dim) % self.n_groups == 0, "n_groups",
-             f"must divide the number of mamba2 heads {self.d_inner // self.ssm_head_dim}")
+        if self.mamba2_heads:  # fields of the mamba2 layout only: a mamba1 model never reads them
+            need(self.d_inner % self.ssm_head_dim == 0, "ssm_head_dim",
+                 f"must divide E = expand*d_model = {self.d_inner} (mamba2 heads)")
+            need((self.d_inner // self.ssm_head_dim) % self.n_groups == 0, "n_groups",
+                 f"must divide the number of mamba2 heads {self.d_inner // self.ssm_head_dim}")
         need(self.dt_rank is None or self.dt_rank > 0, "dt_rank", "must be None or a positive integer")
         need(self.d_ff is None or self.d_ff > 0, "d_ff", "must be None or a positive integer")
         need(self.impl in IMPLS, "impl", f"allowed: {IMPLS}")

@@ -86,8 +86,6 @@ def mamba_config(hf: dict) -> ModelConfig:
     D = _need(hf, "hidden_size", arch)
     if hf.get("use_bias", False):
         _refuse(arch, "use_bias=true (bias on in_proj/out_proj)")
-    if not hf.get("use_conv_bias", True):
-        _refuse(arch, "use_conv_bias=false")
     if hf.get("hidden_act", "silu") != "silu":
         _refuse(arch, f"hidden_act={hf['hidden_act']!r}")
     rank = hf.get("time_step_rank", "auto")
@@ -173,6 +171,12 @@ def convert_state(hf: dict, tensors: dict[str, torch.Tensor], window: int | str 
     if cfg.tie_embeddings:
         names.pop("lm_head.weight")  # tied: the embedding serves both (a stored copy must equal it)
     state, used = {}, set()
+    zeros = []  # bmojo tensors the source leaves out because they are zero by its config
+    if arch == "mamba" and not hf.get("use_conv_bias", True):  # no conv bias: exactly a zero bias
+        zeros = [dst for dst in names if dst.endswith("conv1d.bias")]
+    for dst in zeros:
+        state[dst] = torch.zeros(shapes[dst])
+        names.pop(dst)
     missing = [src for dst, src in names.items() if src not in tensors]
     if missing:
         raise CheckpointError(f"{arch} checkpoint is missing tensors {missing[:5]}"

@@ -41,7 +41,7 @@ def size_to_params(name: str, target: int, **overrides) -> ModelConfig:
     parameter count is closest to `target`; other fields as given."""
     base = preset(name, **overrides)
     step = 2 * base.n_heads
-    while (base.expand * step) % base.ssm_head_dim:
+    while base.mamba2_heads and (base.expand * step) % base.ssm_head_dim:
         step += 2 * base.n_heads
     best = None
     for d in range(step, 16 * 1024 + 1, step):

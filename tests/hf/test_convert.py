@@ -20,6 +20,13 @@ def _mamba(tmp_path):
     return transformers.MambaForCausalLM(cfg)
 
 
+def _mamba_odd(tmp_path):
+    """Inner width 2 x 40 = 80 (no multiple of 32, a mamba2-only constraint) and no conv bias (exactly zero)."""
+    cfg = transformers.MambaConfig(vocab_size=V, hidden_size=40, state_size=8, num_hidden_layers=2, expand=2,
+                                   conv_kernel=4, use_conv_bias=False, use_mambapy=False)
+    return transformers.MambaForCausalLM(cfg)
+
+
 def _llama(tmp_path, tie=False):
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -44,9 +51,10 @@ def _saved(make, tmp_path, **kw):
     return model, tmp_path / "hf"
 
 
-@pytest.mark.parametrize("make,preset,kw", [(_mamba, "mamba", {}), (_llama, "transformer", {}),
-                                           (_llama, "transformer", {"tie": True}), (_mistral, "swa", {})],
-                         ids=["mamba", "llama", "llama-tied", "mistral-swa"])
+@pytest.mark.parametrize("make,preset,kw", [(_mamba, "mamba", {}), (_mamba_odd, "mamba", {}),
+                                           (_llama, "transformer", {}), (_llama, "transformer", {"tie": True}),
+                                           (_mistral, "swa", {})],
+                         ids=["mamba", "mamba-width80-noconvbias", "llama", "llama-tied", "mistral-swa"])
 def test_converted_logits_equal_the_source(tmp_path, make, preset, kw):
     src, folder = _saved(make, tmp_path, **kw)
     ids = torch.randint(0, V, (2, 40), generator=seeded(1))  # 40 > the Mistral window of 16

@@ -105,3 +105,14 @@ def test_no_weight_decay_tags():
     m = BMojoLM(tiny("bmojo", n_layers=1))
     tagged = sorted(n for n, p in m.named_parameters() if getattr(p, "_no_weight_decay", False))
     assert tagged == ["layers.0.mixer.ssm.A_log", "layers.0.mixer.ssm.D", "layers.0.mixer.ssm.dt_bias"]
+
+
+def test_mamba2_fields_are_checked_only_where_mamba2_heads_exist():
+    from bmojo.config import ConfigError, ModelConfig
+
+    ModelConfig(pattern="M", ssm_kind="mamba1", d_model=40, ssm_head_dim=32)  # E = 80: mamba1 has no heads
+    ModelConfig(pattern="A", d_model=40, ssm_head_dim=32)  # no SSM at all
+    with pytest.raises(ConfigError, match="ssm_head_dim=32: must divide E = expand\\*d_model = 80"):
+        ModelConfig(pattern="B", ssm_kind="mamba2", d_model=40, ssm_head_dim=32)
+    with pytest.raises(ConfigError, match="n_groups"):
+        ModelConfig(pattern="M", ssm_kind="mamba2", d_model=64, ssm_head_dim=32, n_groups=3)
