@@ -34,13 +34,22 @@ FRONTIER = {"memory_sizes": "4,8,32", "windows": "16,32", "d_states": "4,64"}
 
 
 def _task_fields() -> dict:
-    """Every task option (union over tasks) -> (field, tasks that have it)."""
-    opts: dict[str, tuple] = {}
+    """Every task option (union over tasks) -> [(task, its field)], in task order."""
+    opts: dict[str, list] = {}
     for name, (cls, _) in TASKS.items():
         for f in fields(cls):
-            prev = opts.get(f.name)
-            opts[f.name] = (f, (prev[1] if prev else ()) + (name,))
+            opts.setdefault(f.name, []).append((name, f))
     return opts
+
+
+def _task_help(per_task: list) -> str:
+    """One help text for an option several tasks share: each distinct meaning once, with the tasks (and each
+    task's default) it applies to."""
+    by_help: dict[str, list] = {}
+    for task, f in per_task:
+        default = DEFAULT_TASK.get(f.name, f.default) if task == "mqar" else f.default  # what compare runs
+        by_help.setdefault(f.metadata.get("help", ""), []).append(f"{task}: {default}")
+    return "; ".join(f"{text} [{', '.join(tasks)}]" for text, tasks in by_help.items())
 
 
 def add_parser(sub) -> None:
@@ -76,9 +85,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/compare", help="folder for results.json, results.png and checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace a comparison already in --out")
     g = p.add_argument_group("task options (each applies to the tasks named in its help)")
-    for name, (f, tasks) in _task_fields().items():
+    for name, per_task in _task_fields().items():
         g.add_argument(f"--{name.replace('_', '-')}", dest=f"task__{name}", default=None, metavar="V",
-                       help=f"{f.metadata.get('help', '')} [{', '.join(tasks)}]")
+                       help=_task_help(per_task).replace("%", "%%") + "%(default).0s")  # defaults: per task
     p.set_defaults(func=run)
 
 

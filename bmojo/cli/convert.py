@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="import a Hugging Face Mamba / Llama / Mistral checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a Hugging Face model folder (config.json and model.safetensors or shards)")
-    p.add_argument("out", help="the bmojo checkpoint folder to write")
+    p.add_argument("out", help="the bmojo checkpoint folder to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that already holds files")
     p.add_argument("--window", default="auto",
                    help="attention window: auto (Mistral's sliding_window, else full), none, or an integer")
     p.set_defaults(func=run)
@@ -23,6 +24,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from bmojo.config import ConfigError
     from bmojo.hf.convert import convert
+    from bmojo.utils.paths import refuse_filled
 
     w = args.window.lower()
     if w in ("auto", "none"):
@@ -31,6 +33,7 @@ def run(args) -> int:
         window = int(w)
     else:
         raise ConfigError(f"--window {args.window!r}: expected auto, none or a positive integer")
+    refuse_filled(args.out, args.overwrite, "the checkpoint folder")
     path = convert(args.src, args.out, window)
     print(f"wrote {path}")
     return 0

@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train`")
     q.add_argument("--corpus", default=None, help="prepared corpus folder; if not given, the one it was trained on")
-    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="which split of the corpus to score (documents are split by name, never shared)")
     q.add_argument("--factors", default="1,2,4,8,16", help="context lengths as multiples of the training length")
     q.add_argument("--context", type=int, default=None, help="one context length in tokens instead of --factors")
     q.add_argument("--regions", type=int, default=16, help="evaluation regions (of the longest context) to score")
@@ -49,7 +50,8 @@ def add_parser(sub) -> None:
     h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     h.add_argument("--include-path", default=None, help="a folder of your own task YAML files")
     h.add_argument("--limit", type=float, default=None, help="documents per task (a fraction if < 1)")
-    h.add_argument("--num-fewshot", type=int, default=None)
+    h.add_argument("--num-fewshot", type=int, default=None,
+                   help="examples put before each question; if not given, each task's own default")
     h.add_argument("--batch-size", type=int, default=1, help="requests per forward (generation tasks need 1)")
     h.add_argument("--out", default=None, help="results JSON; if not given, CHECKPOINT/../harness.json")
     h.set_defaults(func=run_harness)

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (transformers)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a bmojo checkpoint folder (bmojo train, bmojo convert)")
-    p.add_argument("out", help="the Hugging Face model folder to write")
+    p.add_argument("out", help="the Hugging Face model folder to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     p.set_defaults(func=run)
 
 
@@ -24,5 +25,5 @@ def run(args) -> int:
         from bmojo.hf.export import export
     except ImportError as e:
         raise ConfigError(f"bmojo export needs transformers: pip install 'bmojo[hf]' ({e})") from None
-    print(f"wrote {export(args.checkpoint, args.out)}")
+    print(f"wrote {export(args.checkpoint, args.out, overwrite=args.overwrite)}")
     return 0

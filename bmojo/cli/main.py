@@ -19,7 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in (demo, compare, data, train, eval, generate, inspect, memory, bench, convert, export):
         cmd.add_parser(sub)
+    _global_options_everywhere(ap)
     return ap
+
+
+def _global_options_everywhere(ap: argparse.ArgumentParser) -> None:
+    """-v and --threads also after the command (`bmojo train -v`), at every level of subcommands; given there,
+    they win over the same option given before the command."""
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                               help="log backend choices and settings")
+                p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                               help="torch CPU threads (default: torch's choice)")
+                _global_options_everywhere(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,11 +53,11 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     msub = p.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
     i = msub.add_parser("info", help="entries per layer and bytes on disk of a store")
-    i.add_argument("folder")
+    i.add_argument("folder", help="a store folder (the --storage of generate or eval ppl)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=run_info)
     c = msub.add_parser("clear", help="delete a store (the folder must be one)")
-    c.add_argument("folder")
+    c.add_argument("folder", help="a store folder; anything that is not a bmojo store is refused, not deleted")
     c.set_defaults(func=run_clear)
 
 

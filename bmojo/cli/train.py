@@ -8,6 +8,7 @@ and saves a checkpoint to resume from."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -114,6 +115,21 @@ def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
     return LMSpec(**lm), tcfg, saved["corpus"]["folder"]
 
 
+def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int) -> list[str]:
+    """Settings that run but are probably not what was meant."""
+    from bmojo.models import count_params
+    from bmojo.train.lm import model_config
+
+    out = []
+    n = count_params(model_config(spec, vocab_size))
+    if abs(n - spec.params) > 0.25 * spec.params:
+        out.append(f"--params {spec.params:,} gives {n:,} parameters: the nearest {spec.preset} model of this "
+                   "shape (its embeddings and fixed layers set a floor)")
+    if tcfg.warmup >= tcfg.steps:
+        out.append(f"--warmup {tcfg.warmup} >= --steps {tcfg.steps}: the learning rate never reaches --lr")
+    return out
+
+
 def run(args) -> int:
     from bmojo.config import ConfigError
     from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus
@@ -143,6 +159,9 @@ def run(args) -> int:
     if d is not None and main:
         d.barrier()
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")
+    if main and not args.resume:
+        for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size):
+            print(f"train: warning: {w}", file=sys.stderr, flush=True)
     if main:
         print(f"train: {spec.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
               f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bmojo.data.text.tokenizer import SEP_ID, BPETokenizer, ByteTokenizer, load_tokenizer
 from bmojo.train.checkpoint import load_checkpoint
+from bmojo.utils.paths import refuse_filled, usual_modes
 
 
 def hf_tokenizer(tok: ByteTokenizer | BPETokenizer):
@@ -20,12 +21,15 @@ def hf_tokenizer(tok: ByteTokenizer | BPETokenizer):
                                    clean_up_tokenization_spaces=False)
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
+def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the checkpoint as an HF folder `out`; a folder that holds files is refused unless `overwrite`."""
     from bmojo.hf.modeling import BMojoForCausalLM
 
-    model, meta = load_checkpoint(checkpoint)
     out = Path(out)
+    refuse_filled(out, overwrite, "the export folder")
+    model, meta = load_checkpoint(checkpoint)
     BMojoForCausalLM.from_bmojo(model).save_pretrained(out)
     if "tokenizer" in meta:
         hf_tokenizer(load_tokenizer(meta["tokenizer"], meta["_path"])).save_pretrained(out)
+    usual_modes(out)
     return out

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from bmojo.config import ModelConfig
 from bmojo.utils.jsonfile import read_json
+from bmojo.utils.paths import usual_modes
 
 FORMAT, VERSION = "bmojo-checkpoint", 1
 
@@ -61,10 +62,8 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
             raise ValueError(f"checkpoint file name {name!r}: must be a plain file name of its own")
         (tmp / name).write_text(text)
     (tmp / "config.json").write_text(json.dumps(info, indent=2))
-    umask = os.umask(0)
-    os.umask(umask)
+    usual_modes(tmp)  # safetensors writes 0600; a checkpoint is as readable as any file made here
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        os.chmod(f, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is as readable as any file made here
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if path.exists():

@@ -1,6 +1,8 @@
-"""File names read from configs and manifests stay inside the folder they name files of."""
+"""File names read from configs and manifests stay inside the folder they name files of; folders a command
+writes are not ones a user already filled; what it writes is as readable as any file the user makes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bmojo.config import ConfigError
@@ -17,3 +19,23 @@ def inside(root: str | Path, name, what: str) -> Path:
     if not path.resolve().is_relative_to(base):
         raise ConfigError(f"{what}={name!r}: leads outside {root}; refusing to read or write it")
     return path
+
+
+def refuse_filled(folder: str | Path, overwrite: bool, what: str = "the output folder") -> None:
+    """A ConfigError if `folder` exists and is not empty, unless `overwrite` (the caller then replaces it)."""
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(f"{what} {folder} already exists and is not empty; choose another or pass --overwrite "
+                          "to replace what is there")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is a file, not a folder")
+
+
+def usual_modes(folder: str | Path) -> None:
+    """Give the files of `folder` the mode a new file gets here (0666 less the umask): safetensors and some
+    writers create theirs 0600, which other users of a shared model folder could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in Path(folder).iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)

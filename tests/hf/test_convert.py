@@ -146,6 +146,19 @@ def test_convert_and_export_commands(tmp_path, capsys):
     assert model.cfg.pattern == "A"  # --window none: full attention
     assert main(["export", str(tmp_path / "ck"), str(tmp_path / "hf2")]) == 0
     assert (tmp_path / "hf2" / "model.safetensors").is_file()
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [*(tmp_path / "ck").iterdir(), *(tmp_path / "hf2").iterdir()]:  # not 0600: as any new file here
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+    before = (tmp_path / "hf2" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for cmd in (["export", str(tmp_path / "ck"), str(tmp_path / "hf2")], ["convert", str(folder), str(tmp_path / "ck")]):
+        assert main(cmd) == 2 and "--overwrite" in capsys.readouterr().err  # nothing replaced without the flag
+    assert (tmp_path / "hf2" / "model.safetensors").read_bytes() == before
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "hf2"), "--overwrite"]) == 0
     assert main(["convert", str(folder), str(tmp_path / "x"), "--window", "-3"]) == 2
     assert "--window '-3'" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
