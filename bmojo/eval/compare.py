@@ -56,6 +56,11 @@ def _eval_batches(task: str, opts: dict, n: int, seed: int, batch: int = 128):
     return [gen(min(batch, n - i), np.random.default_rng([seed, 7919, i])) for i in range(0, n, batch)]
 
 
+def run_dir(spec: CompareSpec, run: RunSpec, lr: float) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in run.label)
+    return Path(spec.out) / "runs" / f"{safe}-lr{lr:g}"
+
+
 def run_config(spec: CompareSpec, run: RunSpec):
     """The model config of `run`: its preset at the parameter budget, with the shared and its own overrides."""
     task_cfg, _ = make_task(spec.task, **spec.task_options)
@@ -81,9 +86,8 @@ def _one_run(args) -> dict:
     tcfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=lr, warmup=spec.warmup,
                        eval_every=spec.eval_every, target_acc=spec.target_acc, seed=spec.seed, progress=False)
     evals = _eval_batches(spec.task, spec.task_options, spec.eval_examples, spec.seed)
-    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in run.label)
     res = train(model, tcfg, batch_stream(gen, spec.batch_size, spec.seed), eval_batches=evals,
-                out_dir=Path(spec.out) / "runs" / f"{safe}-lr{lr:g}", overwrite=spec.overwrite,
+                out_dir=run_dir(spec, run, lr), overwrite=spec.overwrite,
                 meta={"task": spec.task, "task_options": spec.task_options})
     row = {"label": run.label, "preset": run.preset, "lr": lr, "params": model.num_params(),
            "d_model": cfg.d_model, "state_bytes": model.state_bytes(T), "acc": res.eval.get("acc", float("nan")),
@@ -121,7 +125,7 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
         f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()
     rows = run_jobs(_one_run, jobs, spec.workers, log, lambda r: f"{r['label']} lr={r['lr']:g}: acc {r['acc']:.3f} "
-                    f"after {r['steps']} steps ({r['train_seconds']:.0f}s)")
+                    f"after {r['steps']} steps ({r['train_seconds']:.0f}s)", watch=[run_dir(spec, *j[1:]) for j in jobs])
     best = {}
     for r in rows:  # best learning rate per model
         if r["label"] not in best or r["acc"] > best[r["label"]]["acc"]:
@@ -136,9 +140,12 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
     return results
 
 
-def run_jobs(fn, jobs: list, workers: int, log, describe) -> list:
+def run_jobs(fn, jobs: list, workers: int, log, describe, watch: list[Path] | None = None,
+             every: float = 30.0) -> list:
     """[fn(job) for job in jobs] in `workers` spawned processes (here if workers <= 1), logging a line per result
-    as it finishes; results come back in the order they finish.  `fn` must be a module-level function."""
+    as it finishes; results come back in the order they finish.  `fn` must be a module-level function.  With
+    `watch` (each job's run folder), every `every` seconds a line per running job shows its progress, read from
+    the metrics.jsonl the training loop writes there."""
     t0, rows = time.perf_counter(), []
     if workers <= 1:
         results = map(fn, jobs)
@@ -146,13 +153,47 @@ def run_jobs(fn, jobs: list, workers: int, log, describe) -> list:
         pool = mp.get_context("spawn").Pool(workers)
         results = pool.imap_unordered(fn, jobs)
     try:
-        for row in results:
+        while len(rows) < len(jobs):
+            if workers <= 1 or watch is None:
+                row = next(results)
+            else:
+                try:
+                    row = results.next(timeout=every)
+                except mp.TimeoutError:
+                    for line in running_lines(watch):
+                        log(f"  ... {line}")
+                    continue
             rows.append(row)
             log(f"  [{len(rows)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {describe(row)}")
     finally:
         if workers > 1:
             pool.terminate()
     return rows
+
+
+def running_lines(folders: list[Path]) -> list[str]:
+    """A progress line for each run folder whose run has started and not finished (no final checkpoint yet):
+    step, loss, accuracy, the last evaluation and the time left at its pace so far."""
+    lines = []
+    for folder in folders:
+        log = folder / "metrics.jsonl"
+        if not log.exists() or (folder / "checkpoint").exists():
+            continue
+        last = {}  # the latest value of each field (training rows and evaluation rows alternate)
+        for line in log.read_text().splitlines():
+            try:
+                last.update(json.loads(line))
+            except ValueError:  # a line being written: read it next time
+                break
+        if not last:
+            continue
+        step, total, el = last.get("step", 0), last.get("steps"), last.get("elapsed_s")
+        parts = [f"step {step}" + (f"/{total}" if total else "")]
+        parts += [f"{k} {last[k]:.3f}" for k in ("loss", "acc", "eval_acc", "eval_ppl") if k in last]
+        if total and el and step:
+            parts.append(f"~{(total - step) * el / step / 60:.1f} min left")
+        lines.append(f"{folder.name}: " + ", ".join(parts))
+    return lines
 
 
 def format_table(rows: list[dict], factors=()) -> str:

@@ -135,7 +135,8 @@ def run_lm_compare(spec: LMCompareSpec, log=print) -> dict:
             f.write(json.dumps(r) + "\n")
         return f"{r['corpus']} {r['label']}: " + ", ".join(f"ppl x{k} {r[f'x{k}']['ppl']:.3f}" for k in spec.factors)
 
-    rows = run_jobs(_one_run, jobs, spec.workers, log, describe)
+    rows = run_jobs(_one_run, jobs, spec.workers, log, describe,
+                    watch=[out / "runs" / f"{c}-{r.label}" for _, c, r in jobs])
     order = {(c, r.label): i for i, (_, c, r) in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["corpus"], r["label"])])
     results = {"spec": asdict(spec), "rows": rows, "wall_seconds": time.perf_counter() - t0, "machine": machine()}

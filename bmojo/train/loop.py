@@ -314,6 +314,7 @@ class _Run:
         self.bar = Progress(cfg.steps, desc, cfg.progress and main)
         self.history, self.eval, self.stopped = [], {}, False
         self.t_train, self.tokens, self.skipped = 0.0, 0, 0
+        self.t_start = time.perf_counter()
 
     def skip(self, step: int, reason: str) -> None:
         self.skipped += 1
@@ -327,7 +328,8 @@ class _Run:
         tok_s = self.tokens / max(self.t_train, 1e-9)
         done, row = step + 1, None
         if done % cfg.log_every == 0 or done == cfg.steps:
-            row = {"step": done, "loss": r["loss"], "acc": r["acc"], "lr": lr_at(step, cfg), "tokens_per_s": tok_s}
+            row = {"step": done, "steps": cfg.steps, "loss": r["loss"], "acc": r["acc"], "lr": lr_at(step, cfg),
+                   "tokens_per_s": tok_s, "elapsed_s": round(time.perf_counter() - self.t_start, 3)}
             if r["aux"] is not None:  # read only when logged: one host sync less per step
                 row["aux_loss"] = r["aux"].item() if d is None else d.all_sum(r["aux"].item()) / d.world
         if eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):

@@ -79,3 +79,19 @@ def test_default_spec_trains_bmojo_with_the_learned_selection():
     assert spec("--paper-bmojo").runs[-1].model == {}
     front = [r.label for r in spec("--frontier").runs]
     assert {"bmojo[M=4]", "swa[W=32]", "mamba[N=64]"} <= set(front)
+
+
+def test_running_runs_show_their_progress(tmp_path):
+    """What `bmojo compare` prints while its runs train: a line per started, unfinished run."""
+    from bmojo.eval.compare import running_lines
+
+    a, b, c = tmp_path / "bmojo-lr0.006", tmp_path / "swa-lr0.006", tmp_path / "mamba-lr0.006"
+    for f in (a, b, c):
+        f.mkdir()
+    rows = [{"step": 100, "steps": 400, "loss": 2.5, "acc": 0.25, "elapsed_s": 30.0},
+            {"step": 100, "eval_acc": 0.5, "eval_loss": 1.0}]
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 11')  # half a line
+    (b / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (b / "checkpoint").mkdir()  # finished
+    assert running_lines([a, b, c]) == ["bmojo-lr0.006: step 100/400, loss 2.500, acc 0.250, eval_acc 0.500, "
+                                        "~1.5 min left"]
