@@ -6,17 +6,22 @@ On disk, a store is one folder:
   store.json       what it is for: the model's fingerprint, the B layers with their (kv heads, head width),
                    the number of sequences (rows) and the value dtype.  Reopening with another model's shapes
                    is an error naming the field.
-  layer{L}.bin     append-only fixed-size records, one per entry: row (int32), pad, position (int64), key and
+  layer{L}.bin     append-only fixed-size records, one per entry: row (int32), the record's CRC-32 (uint32, over
+                   the record with this field zero; 0 in stores written before it), position (int64), key and
                    value (kv_heads, head_dim) each.  Keys carry RoPE at their own position, as in the memory.
   commits.log      append-only 24-byte commit records (magic, layer, entry count after the write, CRC-32 of the
-                   appended bytes, CRC-32 of the record).  A layer's committed entries are those counted by its
-                   last valid commit; bytes past them are the write that was in flight at a crash.
+                   appended records, CRC-32 of the commit record).  A layer's committed entries are those counted
+                   by its last valid commit; bytes past them are the write that was in flight at a crash.  A
+                   commit whose count is not above the layer's previous one is a cut (Store.truncate, or a
+                   recovery), and its data CRC covers all the layer's records.
 Writes go to a background thread (`durable=True` fsyncs data before the commit and the commit itself), so the
 decoding loop never waits on the disk; the search index (bmojo.memory.index) is updated before `add` returns,
 so a chunk sees every entry evicted before it whether or not it has reached the disk yet.  Values are read back
 from the file (or from the not-yet-written tail kept in RAM): RAM holds the index (keys, their 8-bit codes
 and positions) only.
-Opening a store after a crash truncates each layer to its last commit and reports what was dropped.
+Opening a store after a crash truncates each layer to its last commit and reports what was dropped; it also
+verifies every committed record against its commit's CRC (the record's own CRC names which one): a record
+corrupted on disk is reported and dropped with everything after it in its layer, never served.
 """
 from __future__ import annotations
 
@@ -72,8 +77,22 @@ class StoreConfig:
 
 def record_dtype(kv_heads: int, head_dim: int, dtype: str) -> np.dtype:
     f = DTYPES[dtype]
-    return np.dtype([("row", "<i4"), ("pad", "<i4"), ("pos", "<i8"),
+    return np.dtype([("row", "<i4"), ("crc", "<u4"), ("pos", "<i8"),
                      ("k", f, (kv_heads, head_dim)), ("v", f, (kv_heads, head_dim))])
+
+
+def record_crc(rec: bytes) -> int:
+    """The CRC-32 of one record's bytes with its crc field (bytes 4..8) taken as zero."""
+    return zlib.crc32(rec[8:], zlib.crc32(rec[:4] + b"\0\0\0\0"))
+
+
+def seal(recs: np.ndarray) -> np.ndarray:
+    """Write each record's own CRC into its crc field (in place) and return the records."""
+    recs["crc"] = 0
+    raw = recs.tobytes()
+    size = recs.dtype.itemsize
+    recs["crc"] = [zlib.crc32(raw[i:i + size]) for i in range(0, len(raw), size)]
+    return recs
 
 
 def make_spec(fingerprint: str, layers: dict[int, tuple[int, int]], rows: int = 1, dtype: str = "float32") -> dict:
@@ -334,7 +353,7 @@ class Store:
         self._writer.jobs.put((ls, first, recs))
 
     def _write(self, ls: LayerStore, first: int, recs: np.ndarray) -> None:
-        data = recs.tobytes()
+        data = seal(recs).tobytes()
         f = self._files[ls.layer]
         f.write(data)
         f.flush()
@@ -392,7 +411,7 @@ class Store:
             self._files[i].close()
             with open(ls.path, "r+b") as f:
                 f.truncate(n * ls.rec.itemsize)
-            self._commit(i, n, 0)
+            self._commit(i, n, zlib.crc32(ls.path.read_bytes()))  # a cut: its CRC covers every record kept
             self._files[i] = open(ls.path, "ab")
             ls.map.close()
             self.layers[i] = LayerStore(self, i, ls.kv_heads, ls.head_dim, n)
@@ -420,37 +439,85 @@ def check_spec(folder: Path, have: dict, want: dict) -> None:
 
 
 def recover(folder: Path, spec: dict) -> tuple[dict[int, int], list[dict]]:
-    """Per layer, the entry count of its last valid commit; truncates what lies past it (and a torn commit
-    record) and reports each drop."""
+    """Per layer, the entry count of its last valid commit, with every committed record verified: truncates what
+    lies past the last commit (and a torn or corrupt commit record and all after it), drops a layer's records
+    from the first one that fails its CRC, and reports each drop."""
     log = folder / "commits.log"
     raw = log.read_bytes() if log.exists() else b""
     committed: dict[int, int] = {}
+    segments: dict[int, list] = {}  # layer -> [(first record, end, CRC of their bytes)], in file order
     good = 0
     for off in range(0, len(raw) - COMMIT.size + 1, COMMIT.size):
-        magic, layer, count, _data_crc, crc = COMMIT.unpack_from(raw, off)
+        magic, layer, count, data_crc, crc = COMMIT.unpack_from(raw, off)
         if magic != MAGIC or crc != zlib.crc32(raw[off:off + COMMIT.size - 4]) or str(layer) not in spec["layers"]:
             break
+        prev = committed.get(layer, 0)
+        if count > prev:
+            segments.setdefault(layer, []).append((prev, count, data_crc))
+        else:  # a cut: the CRC covers every record kept (stores made before cuts carried one: 0, unchecked)
+            segments[layer] = [(0, count, data_crc if data_crc or count == 0 else None)]
         committed[layer] = count
         good = off + COMMIT.size
     report = []
     if good < len(raw):
-        report.append({"file": log.name, "dropped_bytes": len(raw) - good})
+        report.append({"file": log.name, "dropped_bytes": len(raw) - good,
+                       "reason": "a commit record torn or failing its CRC (and any after it)"})
         with open(log, "r+b") as f:
             f.truncate(good)
     for key, d in spec["layers"].items():
-        path = folder / f"layer{key}.bin"
+        layer, path = int(key), folder / f"layer{key}.bin"
         size = record_dtype(d["kv_heads"], d["head_dim"], spec["dtype"]).itemsize
         have = path.stat().st_size if path.exists() else 0
-        keep = committed.get(int(key), 0) * size
-        if have < keep:
-            raise StoreError(f"{path}: holds {have // size} entries but commits.log counts {keep // size}; the "
-                             "store was damaged outside bmojo")
-        if have > keep:
-            report.append({"file": path.name, "layer": int(key), "dropped_entries": -(-(have - keep) // size),
-                           "dropped_bytes": have - keep})
+        n, segs, cut = committed.get(layer, 0), segments.get(layer, []), False
+        if have < n * size:  # cut short outside bmojo: keep the whole records there are, checked one by one
+            whole = have // size
+            report.append({"file": path.name, "layer": layer, "dropped_entries": n - whole,
+                           "reason": f"the file ends inside record {whole} (of {n} committed): cut short outside "
+                                     "bmojo"})
+            segs = [(a, min(b, whole), crc if b <= whole else "own") for a, b, crc in segs if a < whole]
+            n, cut = whole, True
+        elif have > n * size:
+            report.append({"file": path.name, "layer": layer, "dropped_entries": -(-(have - n * size) // size),
+                           "dropped_bytes": have - n * size, "reason": "the write in flight at a crash"})
+        bad = _first_corrupt(path, size, segs)
+        if bad is not None:
+            report.append({"file": path.name, "layer": layer, "dropped_entries": n - bad,
+                           "reason": f"record {bad} (entry {bad} of {path.name}) fails its CRC: corrupted on disk; "
+                                     f"it and the {n - bad - 1} after it are dropped"})
+            n, cut = bad, True
+        if have > n * size:
             with open(path, "r+b") as f:
-                f.truncate(keep)
+                f.truncate(n * size)
+        if cut:  # commit the cut, so the next open agrees
+            kept = path.read_bytes() if path.exists() else b""
+            if not path.exists():
+                path.touch()
+            head = struct.pack("<IIQI", MAGIC, layer, n, zlib.crc32(kept))
+            with open(log, "ab") as f:
+                f.write(head + struct.pack("<I", zlib.crc32(head)))
+            committed[layer] = n
     return committed, report
+
+
+def _first_corrupt(path: Path, size: int, segments: list) -> int | None:
+    """The first record of the layer file that fails its commit's CRC, or None.  A failing commit is searched
+    record by record with each record's own CRC; a record without one (0) is taken as the commit's first.  A
+    segment whose CRC is "own" (a commit cut short) is checked by its records' own CRCs only."""
+    if not segments:
+        return None
+    data = path.read_bytes()
+    for first, end, crc in segments:
+        chunk = data[first * size:end * size]
+        if crc is None or (crc != "own" and zlib.crc32(chunk) == crc):
+            continue
+        for i in range(end - first):
+            rec = chunk[i * size:(i + 1) * size]
+            own = int.from_bytes(rec[4:8], "little")
+            if own == 0 or record_crc(rec) != own:
+                return first + i
+        if crc != "own":
+            return first  # every record passes its own CRC but not the commit's: distrust the whole commit
+    return None
 
 
 def clear(folder) -> None:
