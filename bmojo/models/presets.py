@@ -12,8 +12,14 @@ PRESETS: dict[str, dict] = {
     "swa": dict(pattern="S"),  # sliding-window Transformer
     "mamba": dict(pattern="M", mlp=False, ssm_kind="mamba1"),  # Mamba (HF MambaForCausalLM layout)
     "hybrid": dict(pattern="MA"),  # Jamba-style interleave (use pattern="MS" for Samba-style)
-    "bmojo-f": dict(pattern="F"),  # fading memory in every layer
-    "bmojo": dict(pattern="B"),  # fading + eidetic memory
+    # B'MOJO as bmojo trains it by default: the SSM output also reaches the residual stream (parallel fusion, as
+    # in Hymba), which the language-modelling ablation found to be the largest gain (docs/language-modelling.md)
+    "bmojo-f": dict(pattern="F", ssm_residual=True),  # fading memory in every layer
+    "bmojo": dict(pattern="B", ssm_residual=True),  # fading + eidetic memory
+    # the layer exactly as the paper and its official code define it: the SSM output is used only as the fading
+    # keys and values at lags >= W
+    "bmojo-paper": dict(pattern="B"),
+    "bmojo-f-paper": dict(pattern="F"),
 }
 
 

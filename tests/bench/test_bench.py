@@ -30,9 +30,21 @@ def test_peak_extra_bytes_sees_a_temporary_allocation():
     assert peak is not None and peak >= 60 * 2**20
 
 
-def test_timeit_is_a_median():
+def test_timeit_is_a_median(monkeypatch):
+    """On a fake clock each call takes a set time: the warmup calls are not timed and the result is the median
+    (not the mean 2.67, the minimum 1 or the last 2)."""
+    import bmojo.bench.timing as timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    durations = iter([100.0, 100.0, 1.0, 5.0, 2.0])  # two warmup calls, then three timed ones
     calls = []
-    assert timeit(lambda: calls.append(1), repeats=3, warmup=2) >= 0 and len(calls) == 5
+
+    def fn():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    assert timeit(fn, repeats=3, warmup=2) == 2.0 and len(calls) == 5
 
 
 def test_unknown_suite_exits_2(capsys):

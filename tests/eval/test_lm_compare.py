@@ -26,17 +26,18 @@ def test_rows_parse_and_are_checked():
 
 def test_tiny_lm_compare_with_a_variant(text_corpus, tmp_path):
     spec = LMCompareSpec(corpora={"slice": str(text_corpus.folder)}, presets=["bmojo"], model=TINY_LM,
-                         rows=[LMRow("res", "bmojo", {"ssm_residual": True}), LMRow("M0", "bmojo", {"memory_size": 0})],
+                         rows=[LMRow("paper", "bmojo", {"ssm_residual": False}),
+                               LMRow("M0", "bmojo", {"memory_size": 0})],
                          seq_len=16, params=15_000, steps=2, batch_size=2, eval_every=0, eval_batches=1,
                          factors=(1, 2), regions=1, workers=1, out=str(tmp_path / "cmp"))
     res = run_lm_compare(spec, log=lambda *_: None)
     rows = {r["label"]: r for r in res["rows"]}
-    assert list(rows) == ["bmojo", "res", "M0"]
-    assert rows["res"]["model"]["ssm_residual"] and not rows["bmojo"]["model"]["ssm_residual"]
+    assert list(rows) == ["bmojo", "paper", "M0"]
+    assert rows["bmojo"]["model"]["ssm_residual"] and not rows["paper"]["model"]["ssm_residual"]
     assert rows["M0"]["model"]["memory_size"] == 0 and rows["M0"]["options"] == {"memory_size": 0}
     for r in rows.values():  # each sized on its own, all scored on the same test tokens
         assert abs(r["params"] - 15_000) < 10_000 and r["x2"]["tokens"] == rows["bmojo"]["x2"]["tokens"] > 0
-    assert rows["res"]["x1"]["ppl"] != rows["bmojo"]["x1"]["ppl"]
+    assert rows["paper"]["x1"]["ppl"] != rows["bmojo"]["x1"]["ppl"]
     streamed = [json.loads(line)["label"] for line in (tmp_path / "cmp" / "rows.jsonl").read_text().splitlines()]
     assert sorted(streamed) == sorted(rows)
     with pytest.raises(ConfigError, match="already holds a comparison"):

@@ -76,7 +76,7 @@ def test_fading_gate_is_learned_and_switches_the_segment():
     """fading_gate=-30 switches the fading keys off (the layer equals the same layer without fading keys); the
     offset is a parameter that gets a gradient at a moderate value."""
     torch.manual_seed(0)
-    off = BMojoMixer(tiny("bmojo", fading_gate=-30.0, memory_size=0), 0, memory=False)
+    off = BMojoMixer(tiny("bmojo", fading_gate=-30.0, memory_size=0, ssm_residual=False), 0, memory=False)
     ref = BMojoMixer(tiny("bmojo", fading=False, memory_size=0, ssm_residual=False), 0, memory=False)
     ref.load_state_dict({k: v for k, v in off.state_dict().items() if k in ref.state_dict()})
     x = torch.randn(2, T, 32, generator=seeded(3))

@@ -22,7 +22,8 @@ def _randomise(m, seed=0):
 
 @pytest.mark.parametrize("T", LEN)
 def test_bmojo_without_ssm_and_memory_is_swa(T):
-    cfg = tiny("bmojo", fading=False, memory_size=0)
+    """The paper's layer (the default adds the SSM output to the residual, so its SSM is never off)."""
+    cfg = tiny("bmojo-paper", fading=False, memory_size=0)
     b = _randomise(BMojoMixer(cfg, 0, memory=True))
     assert b.ssm is None
     swa = Attention(cfg, window=W)
@@ -35,7 +36,7 @@ def test_bmojo_without_ssm_and_memory_is_swa(T):
 @pytest.mark.parametrize("kind", ["S", "F", "B"])
 def test_window_at_least_T_is_full_attention(T, kind):
     for Wbig in (T, T + 3):
-        cfg = tiny("bmojo", pattern=kind, window=Wbig, chunk=4)
+        cfg = tiny("bmojo-paper", pattern=kind, window=Wbig, chunk=4)  # no SSM residual: attention alone
         full = Attention(cfg, window=None)
         m = Attention(cfg, window=Wbig) if kind == "S" else _randomise(BMojoMixer(cfg, 0, memory=kind == "B"))
         full.load_state_dict({k: v for k, v in m.state_dict().items() if k in full.state_dict()})
@@ -67,8 +68,9 @@ def test_bmojo_matches_dense_oracle(T, selector):
 @pytest.mark.parametrize("T", LEN)
 @pytest.mark.parametrize("C", [1, 4, W])
 def test_memory_read_exactness(T, C):
-    """Fading off and M >= T: every past token is in the window or in memory -> full causal attention."""
-    cfg = tiny("bmojo", fading=False, memory_size=T, chunk=C)
+    """Fading off and M >= T: every past token is in the window or in memory -> full causal attention (the
+    paper's layer: no SSM output added to the residual)."""
+    cfg = tiny("bmojo-paper", fading=False, memory_size=T, chunk=C)
     b = _randomise(BMojoMixer(cfg, 0))
     full = Attention(cfg, window=None)
     full.load_state_dict({k: v for k, v in b.state_dict().items() if k in full.state_dict()})

@@ -41,7 +41,7 @@ def _mixer_store(tmp_path, mixer, rows=2, **cfg):
 def test_store_with_room_for_everything_is_full_attention(tmp_path, T):
     """Fading off, a small memory, and a store read with top-k >= T: every past token is in the window, the
     memory or the store, so the layer equals full causal attention (the store's memory-read exactness)."""
-    cfg = tiny("bmojo", fading=False, memory_size=3)
+    cfg = tiny("bmojo-paper", fading=False, memory_size=3)  # no SSM residual: attention alone
     torch.manual_seed(0)
     b = randomise_extras(BMojoMixer(cfg, 0)).eval()
     full = Attention(cfg, window=None)

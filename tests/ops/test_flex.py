@@ -40,12 +40,28 @@ def test_flex_mask_matches_reference(T, W, C, M, parts):
     assert_close(got, ref, name=f"flex {parts}")
 
 
-def test_fused_dispatch_keeps_cpu_and_continuations_on_the_chunked_path():
+def test_fused_dispatch_keeps_cpu_and_continuations_on_the_chunked_path(monkeypatch):
     t, kw = _inputs(200, 16, 8, 0, 4, seeded(3))
     assert not flex.eligible(t["q"], t["k"])  # CPU tensors
+    assert not flex.eligible(t["q"], t["k"], q_start=8)  # a continuation
     args = (t["q"], t["k"], t["v"], 16)
+
+    def flex_must_not_run(*a, **k):
+        raise AssertionError("flex_attention called on a CPU tensor")
+
+    monkeypatch.setattr(flex, "window_attention_flex", flex_must_not_run)
     with torch.no_grad():
         assert torch.equal(window_attention_fused(*args, chunk=8), window_attention(*args, chunk=8))
+    # where flex is eligible it runs, unless a bias or store entries need the chunked path
+    sentinel = torch.full_like(t["q"], 7.0)
+    monkeypatch.setattr(flex, "eligible", lambda *a, **k: True)
+    monkeypatch.setattr(flex, "window_attention_flex", lambda *a, **k: sentinel)
+    with torch.no_grad():
+        assert window_attention_fused(*args, chunk=8) is sentinel
+        biased = window_attention_fused(*args, chunk=8, fading_bias=torch.tensor(0.5), fk=t["fk"], fv=t["fv"])
+        assert not torch.equal(biased, sentinel)
+        assert torch.equal(biased, window_attention(*args, chunk=8, fading_bias=torch.tensor(0.5), fk=t["fk"],
+                                                    fv=t["fv"]))
 
 
 @pytest.mark.gpu

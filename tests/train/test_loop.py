@@ -46,7 +46,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     res = train(resumed, cfg, data, out_dir=tmp_path, resume=True)
     assert res.steps == 10
     for (n, a), b in zip(full.named_parameters(), resumed.parameters()):
-        assert torch.allclose(a, b, atol=1e-6, rtol=0), f"{n} differs after resume"
+        assert torch.equal(a, b), f"{n} differs after resume"
 
 
 def test_early_stop_at_target_accuracy():
