@@ -46,6 +46,7 @@ from bmojo.memory.index import LayerIndex
 from bmojo.utils.jsonfile import read_json
 
 FORMAT, VERSION = "bmojo-store", 1
+crash_hook = None  # tests set a callable(point) that may end the process at a named point of a write
 COMMIT = struct.Struct("<IIQII")  # magic, layer, count, data crc, record crc (over the first 20 bytes)
 MAGIC = 0x53434D42  # "BMCS"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -359,6 +360,8 @@ class Store:
         f.flush()
         if self.cfg.durable:
             os.fsync(f.fileno())
+        if crash_hook is not None:  # tests end the process between the data and its commit
+            crash_hook("data_written")
         self._commit(ls.layer, first + len(recs), zlib.crc32(data))
         with ls.lock:
             ls.written = first + len(recs)

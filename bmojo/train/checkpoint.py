@@ -29,6 +29,14 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, corrupt, foreign, or does not fit the model."""
 
 
+crash_hook = None  # tests set a callable(point): it may end the process at a named point of a write
+
+
+def _reached(point: str) -> None:
+    if crash_hook is not None:
+        crash_hook(point)
+
+
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     tensors, groups = {}, []
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -52,26 +60,38 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
+    _reached("model")
     info = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict(), **meta}
     if optimizer is not None:
         tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         info["optimizer"] = opt_meta
+        _reached("optimizer")
     for name, text in (files or {}).items():
         if Path(name).name != name or name in ("config.json", "model.safetensors", "optimizer.safetensors"):
             raise ValueError(f"checkpoint file name {name!r}: must be a plain file name of its own")
         (tmp / name).write_text(text)
+        _reached(f"file:{name}")
     (tmp / "config.json").write_text(json.dumps(info, indent=2))
+    _reached("config")
     usual_modes(tmp)  # safetensors writes 0600; a checkpoint is as readable as any file made here
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    _reached("fsynced")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
+        _reached("old_removed")
         path.rename(old)
+        _reached("moved_to_old")
     tmp.rename(path)
+    _reached("renamed")
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+# every point of save_checkpoint where a crash test ends the process (file: points are per extra file)
+CRASH_POINTS = ("model", "optimizer", "config", "fsynced", "old_removed", "moved_to_old", "renamed")
 
 
 def has_checkpoint(path: str | Path) -> bool:
