@@ -1,10 +1,11 @@
 """A minimal, dense, readable B'MOJO layer: the test oracle.
 
 Everything is O(T^2) and written from the definitions in DESIGN.md section 3, sharing no code with the
-fast paths except the mixer's weights and its SSM: RoPE in complex form, the causal conv as a padded
-F.conv1d, the eidetic memory as a prefix top-M (with decay 1 and static scores, "top-M of memory plus
-chunk" is top-M over everything before the chunk), and attention as one dense masked softmax over the
-concatenated keys [eidetic (T) | fading (T) | raw (T)].
+fast paths, only the mixer's weights: RoPE in complex form, the causal conv as a padded F.conv1d, the SSM
+(Mamba-1 or Mamba-2) as a loop over time from its equations, the eidetic memory as a prefix top-M (with decay
+1 and static scores, "top-M of memory plus chunk" is top-M over everything before the chunk), and attention as
+one dense masked softmax over the concatenated keys [eidetic (T) | fading (T) | raw (T)].  (The `random` and
+`recency` scorers' per-position scores are the scorer's own: a seeded draw is not maths to rewrite.)
 """
 from __future__ import annotations
 
@@ -38,6 +39,51 @@ def prefix_topk_memory(scores: torch.Tensor, chunk: int, M: int) -> torch.Tensor
         idx = scores[:, :end].argsort(dim=1, descending=True, stable=True)[:, :min(M, end)]  # (B, m)
         in_mem[torch.arange(B)[:, None], i, idx] = True
     return in_mem
+
+
+def _conv_silu(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
+    """silu of the depthwise causal conv of x (B, T, C) with conv's weights, as a left-padded F.conv1d."""
+    K = conv.kernel_size[0]
+    return F.silu(F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), conv.weight, conv.bias,
+                           groups=x.shape[-1]).transpose(1, 2))
+
+
+def ssm_minimal(ssm, x: torch.Tensor) -> torch.Tensor:
+    """The output of a Mamba1Mixer or Mamba2Mixer on x (B, T, D) from a zero state, from its weights: a loop over
+    time of h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t . h_t + D x_t, then the gate and out_proj."""
+    Bsz, T, _ = x.shape
+    if hasattr(ssm, "x_proj"):  # Mamba-1: per channel e, a state of N
+        N, R = ssm.d_state, ssm.dt_rank
+        xs, z = F.linear(x, ssm.in_proj.weight).chunk(2, dim=-1)
+        xs = _conv_silu(xs, ssm.conv1d)
+        dtr, Bm, Cm = F.linear(xs, ssm.x_proj.weight).split([R, N, N], dim=-1)
+        dt = F.softplus(F.linear(dtr, ssm.dt_proj.weight, ssm.dt_proj.bias))  # (B, T, E)
+        A = -torch.exp(ssm.A_log)  # (E, N)
+        h = x.new_zeros(Bsz, xs.shape[-1], N)
+        ys = []
+        for t in range(T):
+            h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * xs[:, t])[..., None] * Bm[:, t, None, :]
+            ys.append((h * Cm[:, t, None, :]).sum(-1) + ssm.D * xs[:, t])
+        y = torch.stack(ys, 1) if ys else xs * 0
+        return F.linear(y * F.silu(z), ssm.out_proj.weight)
+    E, H, P, G, N = ssm.d_inner, ssm.n_heads, ssm.head_dim, ssm.n_groups, ssm.d_state  # Mamba-2: per head, P x N
+    z, xBC, dt = F.linear(x, ssm.in_proj.weight).split([E, E + 2 * G * N, H], dim=-1)
+    xs, Bm, Cm = _conv_silu(xBC, ssm.conv1d).split([E, G * N, G * N], dim=-1)
+    xs = xs.view(Bsz, T, H, P)
+    group = torch.arange(H) // (H // G)  # the B/C group each head reads
+    Bm, Cm = Bm.view(Bsz, T, G, N)[:, :, group], Cm.view(Bsz, T, G, N)[:, :, group]  # (B, T, H, N)
+    dt = F.softplus(dt + ssm.dt_bias)  # (B, T, H)
+    A = -torch.exp(ssm.A_log)  # (H,)
+    h = x.new_zeros(Bsz, H, P, N)
+    ys = []
+    for t in range(T):
+        h = torch.exp(dt[:, t] * A)[..., None, None] * h + \
+            (dt[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
+        ys.append((h * Cm[:, t, :, None, :]).sum(-1) + ssm.D[:, None] * xs[:, t])
+    y = (torch.stack(ys, 1) if ys else xs * 0).reshape(Bsz, T, E)
+    u = y * F.silu(z)  # the gated RMSNorm
+    u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + ssm.norm.eps) * ssm.norm.weight
+    return F.linear(u, ssm.out_proj.weight)
 
 
 def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, mem_bias=None, fading_bias=None):
@@ -79,7 +125,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
     k = rope_complex(mixer.k_proj(a).view(B, T, Hk, Dh), mixer.rope_theta, mixer.rope_fraction)
     v = mixer.v_proj(a).view(B, T, Hk, Dh)
     ssm = getattr(mixer, "ssm", None)
-    f = ssm(x, return_state=False)[0] if ssm is not None else None
+    f = ssm_minimal(ssm, x) if ssm is not None else None
     fk = fv = in_mem = mem_v = mem_bias = None
     if getattr(mixer, "fading", False):
         kp, vp = (mixer.fk_proj, mixer.fv_proj) if hasattr(mixer, "fk_proj") else (mixer.k_proj, mixer.v_proj)

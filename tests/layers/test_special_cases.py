@@ -114,3 +114,18 @@ def test_unrotated_pairs_carry_no_position():
     cos, sin = rope_cos_sin(torch.arange(0, 100000, 997), 16, 10000.0, torch.float32, fraction=0.25)
     assert torch.all(cos[..., 2:8] == 1) and torch.all(sin[..., 2:8] == 0)  # pairs 2..7 never rotate
     assert not torch.all(cos[..., :2] == 1)
+
+
+@pytest.mark.parametrize("impl", ["ref", "fast", "fused"])
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_ssm_equals_its_equations(kind, impl):
+    """The oracle's SSM (a loop over time from the equations, with the module's weights only) equals the mixer's
+    SSM on every backend, so the B'MOJO oracle checks the fast scans too."""
+    from bmojo.bmojo_minimal import ssm_minimal
+    from bmojo.layers.ssm import make_ssm
+
+    torch.manual_seed(0)
+    ssm = randomise_extras(make_ssm(tiny("mamba", ssm_kind=kind, n_groups=2 if kind == "mamba2" else 1), impl))
+    x = _x(29)
+    with torch.no_grad():
+        assert_close(ssm(x, return_state=False)[0], ssm_minimal(ssm, x), rtol=1e-5, name=f"{kind} {impl}")
