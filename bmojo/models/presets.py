@@ -18,8 +18,8 @@ PRESETS: dict[str, dict] = {
     "bmojo": dict(pattern="B", ssm_residual=True),  # fading + eidetic memory
     # the layer exactly as the paper and its official code define it: the SSM output is used only as the fading
     # keys and values at lags >= W
-    "bmojo-paper": dict(pattern="B"),
-    "bmojo-f-paper": dict(pattern="F"),
+    "bmojo-paper": dict(pattern="B", ssm_residual=False),
+    "bmojo-f-paper": dict(pattern="F", ssm_residual=False),
 }
 
 

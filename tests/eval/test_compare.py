@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bmojo import preset
 from bmojo.cli.main import main
 
 
@@ -85,7 +86,8 @@ def test_default_spec_trains_bmojo_with_the_learned_selection():
     assert all(not runs[p].model for p in cmp.ALL if p != "bmojo")
     assert spec("--seq-len", "128").runs[-1].model["train_memory_size"] == 128
     assert spec("--model-opt", "gate_penalty=0").runs[-1].model["gate_penalty"] == 0
-    assert spec("--paper-bmojo").runs[-1].model == {}
+    assert spec("--paper-bmojo").runs[-1].model == {"pattern": "B", "ssm_residual": False}  # bmojo-paper
+    assert not preset("bmojo", **spec("--paper-bmojo").runs[-1].model).ssm_residual
     front = [r.label for r in spec("--frontier").runs]
     assert {"bmojo[M=4]", "swa[W=32]", "mamba[N=64]"} <= set(front)
 
