@@ -22,22 +22,23 @@ from bmojo.eval.lm_compare import PRESETS, LMCompareSpec, LMRow, parse_row, run_
 from bmojo.utils.runtime import tune_cpu_allocator
 
 # The B'MOJO block ablation (issue 19): the paper's layer, then one change at a time on top of the SSM residual
-# (the SSM output added to the mixer's, as Hymba's parallel fusion), which a pilot found to be the big one.
+# (the SSM output added to the mixer's, as Hymba's parallel fusion), which a pilot found to be the big one.  Every
+# row starts from bmojo-paper (the preset `bmojo` when the rows were measured), so it reproduces them exactly.
 RES = {"ssm_residual": True}
 ABLATION = [
-    LMRow("bmojo", "bmojo"),  # the paper's layer: SSM output used only as fading keys/values
-    LMRow("res", "bmojo", RES),
-    LMRow("MB", "bmojo", {"pattern": "MB"}),  # interleaved with Mamba layers
-    LMRow("MB-res", "bmojo", {**RES, "pattern": "MB"}),
-    LMRow("BA", "bmojo", {"pattern": "BA"}),  # the official code's 50% with full attention
-    LMRow("res-e1", "bmojo", {**RES, "expand": 1}),
-    LMRow("res-n32", "bmojo", {**RES, "d_state": 32}),
-    LMRow("res-untied", "bmojo", {**RES, "tie_fading": False}),
-    LMRow("res-M0", "bmojo", {**RES, "memory_size": 0}),
-    LMRow("res-M64", "bmojo", {**RES, "memory_size": 64}),
-    LMRow("res-W32", "bmojo", {**RES, "window": 32}),
-    LMRow("res-fgate", "bmojo", {**RES, "fading_gate": -4.0}),  # a learned gate on the fading segment
-    LMRow("res-sel", "bmojo", {**RES, "selection_gate": True, "gate_read": "logit", "selector": "none",
+    LMRow("bmojo", "bmojo-paper"),  # the paper's layer: SSM output used only as fading keys/values
+    LMRow("res", "bmojo-paper", RES),
+    LMRow("MB", "bmojo-paper", {"pattern": "MB"}),  # interleaved with Mamba layers
+    LMRow("MB-res", "bmojo-paper", {**RES, "pattern": "MB"}),
+    LMRow("BA", "bmojo-paper", {"pattern": "BA"}),  # the official code's 50% with full attention
+    LMRow("res-e1", "bmojo-paper", {**RES, "expand": 1}),
+    LMRow("res-n32", "bmojo-paper", {**RES, "d_state": 32}),
+    LMRow("res-untied", "bmojo-paper", {**RES, "tie_fading": False}),
+    LMRow("res-M0", "bmojo-paper", {**RES, "memory_size": 0}),
+    LMRow("res-M64", "bmojo-paper", {**RES, "memory_size": 64}),
+    LMRow("res-W32", "bmojo-paper", {**RES, "window": 32}),
+    LMRow("res-fgate", "bmojo-paper", {**RES, "fading_gate": -4.0}),  # a learned gate on the fading segment
+    LMRow("res-sel", "bmojo-paper", {**RES, "selection_gate": True, "gate_read": "logit", "selector": "none",
                                "gate_penalty": 0.1, "train_memory_anneal": 0.5, "train_memory_size": 64}),
 ]  # (bmojo-f with the residual is res-M0: a B layer with M = 0 is an F layer, the same model and numbers)
 

@@ -81,10 +81,6 @@ def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     return spec, tcfg
 
 
-# options a resume may change: they do not change what is trained
-RESUME_MAY_CHANGE = ("steps", "progress", "skip_nonfinite", "parallel")
-
-
 def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
     """The run's settings as its checkpoint stores them; an option given on the command line that differs from
     them is an error naming it (only --steps may change)."""
@@ -108,7 +104,7 @@ def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
         diffs.append(f"--model-opt: the checkpoint's model differs in {sorted(model)}")
     tcfg = dataclass_from_args(TrainConfig, args, saved["train"])
     diffs += [f"--{k.replace('_', '-')} {v} (the run's: {saved['train'].get(k)})" for k, v in tcfg.to_dict().items()
-              if k not in RESUME_MAY_CHANGE and saved["train"].get(k) != v]
+              if k not in TrainConfig.MAY_CHANGE_ON_RESUME and saved["train"].get(k) != v]
     if diffs:
         raise ConfigError("--resume continues the run with its own options; these differ: " + "; ".join(diffs) +
                           ". Leave them out (only --steps may change), or start a new run with another --out")

@@ -45,6 +45,9 @@ class TrainConfig:
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ConfigError(f"TrainConfig.target_acc={self.target_acc!r}: must be in (0, 1] or None")
 
+    # the fields a resumed run may change: they do not change what is trained
+    MAY_CHANGE_ON_RESUME = ("steps", "progress", "skip_nonfinite", "parallel")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(d["betas"])

@@ -101,6 +101,7 @@ def _check_resumable(saved: dict, cfg: ModelConfig, tcfg: TrainConfig, meta: dic
     if saved.get("tokenizer") != meta["tokenizer"]:
         raise ConfigError(f"--resume: the checkpoint was trained with tokenizer {saved.get('tokenizer')}")
     old = saved.get("train", {})
-    diff = sorted(k for k, v in tcfg.to_dict().items() if k not in ("steps", "progress", "skip_nonfinite", "parallel") and old.get(k) != v)
+    diff = sorted(k for k, v in tcfg.to_dict().items() if k not in TrainConfig.MAY_CHANGE_ON_RESUME
+                  and old.get(k) != v)
     if diff:
         raise ConfigError(f"--resume: training options {diff} differ from the checkpoint's; only --steps may change")
