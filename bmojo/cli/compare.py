@@ -80,7 +80,8 @@ def add_parser(sub) -> None:
                    help="ModelConfig override for every run (repeatable), e.g. n_layers=2, window=8, attn_conv=false; "
                    f"built-in: {DEFAULT_MODEL}")
     p.add_argument("--paper-bmojo", action="store_true", help="train the bmojo runs as the paper defines the "
-                   f"layer (bmojo-paper: the innovation test, no gate, no SSM residual) instead of with the learned selection {BMOJO_RECALL}")
+                   "layer (bmojo-paper: the innovation test, no gate, no SSM residual) instead of with the learned "
+                   f"selection {BMOJO_RECALL}")
     p.add_argument("--seed", type=int, default=0, help="seed of init and data (the same for every run)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel training processes (one torch thread each)")

@@ -125,7 +125,8 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
         f"{spec.task_options}, {spec.steps} steps each, ~{spec.params:,} params, {spec.workers} worker(s)")
     t0 = time.perf_counter()
     rows = run_jobs(_one_run, jobs, spec.workers, log, lambda r: f"{r['label']} lr={r['lr']:g}: acc {r['acc']:.3f} "
-                    f"after {r['steps']} steps ({r['train_seconds']:.0f}s)", watch=[run_dir(spec, *j[1:]) for j in jobs])
+                    f"after {r['steps']} steps ({r['train_seconds']:.0f}s)",
+                    watch=[run_dir(spec, *j[1:]) for j in jobs])
     best = {}
     for r in rows:  # best learning rate per model
         if r["label"] not in best or r["acc"] > best[r["label"]]["acc"]:

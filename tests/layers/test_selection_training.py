@@ -5,7 +5,7 @@ import torch
 
 from bmojo.config import ConfigError
 from bmojo.layers.bmojo import BMojoMixer
-from tests.helpers import C, W, assert_close, seeded, tiny
+from tests.helpers import W, assert_close, seeded, tiny
 
 T = 4 * W + 5
 
