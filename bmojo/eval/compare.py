@@ -151,7 +151,7 @@ def run_jobs(fn, jobs: list, workers: int, log, describe, watch: list[Path] | No
     if workers <= 1:
         results = map(fn, jobs)
     else:
-        pool = mp.get_context("spawn").Pool(workers)
+        pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_ctrl_c)
         results = pool.imap_unordered(fn, jobs)
     try:
         while len(rows) < len(jobs):
@@ -170,6 +170,13 @@ def run_jobs(fn, jobs: list, workers: int, log, describe, watch: list[Path] | No
         if workers > 1:
             pool.terminate()
     return rows
+
+
+def _ignore_ctrl_c() -> None:
+    """In a worker: Ctrl-C is the parent's to handle (it stops the pool and exits 130)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def running_lines(folders: list[Path]) -> list[str]:

@@ -41,6 +41,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.step, self.checkpoint = step, checkpoint
 
+    def __reduce__(self):  # it crosses process boundaries (a worker of `bmojo compare` interrupted)
+        return type(self), (str(self), self.step, self.checkpoint)
+
 
 RUN_FILES = ("checkpoint", ".checkpoint.old", ".checkpoint.tmp", "metrics.jsonl", "result.json")
 
@@ -71,7 +74,10 @@ class _StopOnCtrlC:
     saves is a consistent one); a second Ctrl-C stops at once.  Only in the main thread of a single process."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        # not where Ctrl-C is someone else's to handle: a worker of `bmojo compare` ignores it (its parent stops
+        # the pool), as does a process started in the background
+        self.enabled = enabled and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         self.requested, self._prev = False, None
 
     def _handler(self, signum, frame):

@@ -119,7 +119,9 @@ _CMD = [sys.executable, "-m", "bmojo", "--threads", "1"]
 def test_ctrl_c_saves_a_checkpoint_and_names_the_resume_command(tmp_path, texts):
     args = _args(tmp_path, texts, "--steps", "100000")[1:]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(_CMD + ["train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: Ctrl-C not ignored (a test runner started in the background passes SIGINT ignored)
+    p = subprocess.Popen(_CMD + ["train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):

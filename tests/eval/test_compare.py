@@ -106,3 +106,33 @@ def test_running_runs_show_their_progress(tmp_path):
     (b / "checkpoint").mkdir()  # finished
     assert running_lines([a, b, c]) == ["bmojo-lr0.006: step 100/400, loss 2.500, acc 0.250, eval_acc 0.500, "
                                         "~1.5 min left"]
+
+
+def test_ctrl_c_stops_a_comparison_with_one_line_and_exit_130(tmp_path):
+    """Ctrl-C to the whole process group (as a terminal sends it): the workers leave it to the parent, which
+    stops the pool and exits 130 with one line, no traceback and no hang."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "bmojo", "compare", "--presets", "swa,bmojo", "--steps", "100000", "--batch-size",
+            "4", "--params", "20000", "--eval-examples", "8", "--workers", "2", "--vocab-size", "32", "--seq-len",
+            "24", "--num-kv-pairs", "3", "--query-start", "12", "--model-opt", "window=4", "--model-opt", "chunk=4",
+            "--target-acc", "1.0", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120  # until both runs are training
+    while time.time() < deadline and len(list(out.glob("runs/*/metrics.jsonl"))) < 2:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("the comparison hung after Ctrl-C")
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "bmojo compare: interrupted"

@@ -155,3 +155,14 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "skipped_nonfinite" in r] == [3, 5]
+
+
+def test_training_interrupted_survives_pickling():
+    """A worker process interrupted by Ctrl-C sends this back to its pool: it must unpickle whole."""
+    import pickle
+
+    from bmojo.train import TrainingInterrupted
+
+    e = pickle.loads(pickle.dumps(TrainingInterrupted("stopped after step 3", 3, "run/checkpoint")))
+    assert isinstance(e, KeyboardInterrupt) and str(e) == "stopped after step 3"
+    assert (e.step, e.checkpoint) == (3, "run/checkpoint")
