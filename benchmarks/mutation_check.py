@@ -1,7 +1,7 @@
 """Plant small bugs, one at a time, on a temporary copy of the repository and report which tests catch each.
 
     python benchmarks/mutation_check.py                 # every mutation (about 10 minutes on 2 cores)
-    python benchmarks/mutation_check.py --only store    # those whose name contains "store"
+    python benchmarks/mutation_check.py --only store    # those whose name contains "store" (no report written)
     python benchmarks/mutation_check.py --list
 
 Run by hand (not in CI).  Each mutation is an exact text replacement that must apply once; the copy's tests
@@ -35,10 +35,10 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("store: data CRC not checked on reopen", "bmojo/memory/store.py",
+    Mutation("store: data CRC not checked on reopen", "bmojo/memory/disk.py",
              "        bad = _first_corrupt(path, size, segs)\n", "        bad = None\n",
              ("tests/memory/test_store_integrity.py",)),
-    Mutation("store: commit-record CRC not checked", "bmojo/memory/store.py",
+    Mutation("store: commit-record CRC not checked", "bmojo/memory/disk.py",
              "if magic != MAGIC or crc != zlib.crc32(raw[off:off + COMMIT.size - 4]) or",
              "if magic != MAGIC or", ("tests/memory/test_store_integrity.py",)),
     Mutation("store: retrieved values detached in the store-reading attention", "bmojo/ops/attention.py",
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="run the mutations whose name contains this text")
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
-    ap.add_argument("--out", default="benchmarks/results/mutation_check.json", help="the JSON report "
-                    "(default: %(default)s)")
+    ap.add_argument("--out", default=None, help="the JSON report (default: benchmarks/results/mutation_check.json for "
+                    "a full run; none with --only, so a partial run never replaces the full report)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTATIONS if args.only in m.name]
     if args.list or not chosen:
@@ -141,8 +141,10 @@ def main(argv=None) -> int:
             status = "error: " + r["error"] if "error" in r else ("caught by " + ", ".join(r["failing"] or ["?"])
                                                                    if r["caught"] else "NOT CAUGHT")
             print(f"[{i}/{len(chosen)}] {m.name}: {status}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))
+    out = args.out or (None if args.only else "benchmarks/results/mutation_check.json")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"rows": rows}, indent=1))
     missed = [r["mutation"] for r in rows if not r.get("caught")]
     print(f"\n{len(rows) - len(missed)} of {len(rows)} planted bugs caught" + (f"; not: {missed}" if missed else ""))
     return 1 if missed else 0

@@ -34,7 +34,7 @@ def test_prepare_train_eval_generate(tmp_path, texts, capsys, tokenizer):
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("To be")
     # a store that generate built (with its session) is not wiped by eval ppl without --overwrite-storage
-    from bmojo.memory.store import describe
+    from bmojo.memory.disk import describe
 
     mem = tmp_path / "mem"
     assert main(["generate", "--checkpoint", str(run / "checkpoint"), "--prompt", "To be or not to be, that is",

@@ -11,7 +11,7 @@ import torch
 
 from bmojo.memory import Store, StoreConfig, kernel
 from bmojo.memory.index import LayerIndex
-from bmojo.memory.store import make_spec
+from bmojo.memory.disk import make_spec
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason=f"C store search unavailable: {kernel.error()}")
 

@@ -19,7 +19,7 @@ from bmojo.layers.bmojo import BMojoMixer
 from bmojo.memory import Store, StoreConfig, StoreError, ann_available, clear, describe
 from bmojo.memory.index import LayerIndex
 from bmojo.memory.session import load_session, save_session
-from bmojo.memory.store import make_spec
+from bmojo.memory.disk import make_spec
 from tests.helpers import assert_close, randomise_extras, seeded, tiny
 
 
@@ -245,7 +245,7 @@ def test_ann_index_recall_against_exact():
 _WRITER = textwrap.dedent("""
     import sys, torch
     from bmojo.memory import Store, StoreConfig
-    from bmojo.memory.store import make_spec
+    from bmojo.memory.disk import make_spec
     spec = make_spec("x", {0: (2, 8), 3: (2, 8)}, rows=1)
     s = Store.open(sys.argv[1], spec, StoreConfig(durable=True))
     for c in range(100000):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bmojo.memory import Store
-from bmojo.memory.store import COMMIT, MAGIC, make_spec, record_dtype
+from bmojo.memory.disk import COMMIT, MAGIC, make_spec, record_dtype
 
 SPEC = make_spec("x", {0: (2, 4), 2: (1, 4)}, rows=1)
 CHUNKS = (3, 1, 4)  # entries per write: three commits per layer
@@ -118,7 +118,7 @@ def test_a_cut_made_by_truncate_verifies_on_reopen(tmp_path):
 
 
 def test_crc_of_a_record_is_over_the_record_with_its_crc_field_zero():
-    from bmojo.memory.store import record_crc, seal
+    from bmojo.memory.disk import record_crc, seal
 
     recs = np.zeros(3, dtype=record_dtype(1, 2, "float32"))
     recs["pos"] = [5, 6, 7]

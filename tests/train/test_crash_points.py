@@ -86,7 +86,7 @@ _STORE_WRITER = """
 import os, sys, torch
 import bmojo.memory.store as store_mod
 from bmojo.memory import Store, StoreConfig
-from bmojo.memory.store import make_spec
+from bmojo.memory.disk import make_spec
 writes = []
 def hook(point):
     writes.append(point)
@@ -103,7 +103,7 @@ for c in range(10):
 
 def test_a_store_writer_ended_between_data_and_commit_reopens_without_that_write(tmp_path):
     from bmojo.memory import Store
-    from bmojo.memory.store import make_spec
+    from bmojo.memory.disk import make_spec
 
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     rc = subprocess.run([sys.executable, "-c", _STORE_WRITER, str(tmp_path / "s")], env=env, timeout=300).returncode
