@@ -5,7 +5,8 @@
 
 Setting: V=256, T=64, 8 pairs at the start, queries from position 32 (all beyond the window W=8), 2 layers,
 ~150k parameters (size_to_params), chunk 8, M=16, batch 64, warmup 50, eval on 512 held-out sequences every
-100 steps, one torch thread.  `--lengths` also evaluates at those multiples of T (pairs at the start, queries
+100 steps, one torch thread.  `memory_pair_share`: per layer, the share of the final memory that holds pair tokens
+(1 = the 2P = M pairs exactly; the selection's precision whatever the accuracy).  `--lengths` also evaluates at those multiples of T (pairs at the start, queries
 from 32k on) and records the decode-state bytes there.  Writes DIR/LABEL.json (default
 benchmarks/results/recall_ablation) and appends the same row to DIR/rows.jsonl.  Rows of the README's first
 ablation (two runs at a time on a 2-core CPU):
@@ -38,8 +39,8 @@ class _Oldest(torch.nn.Module):
     """A scorer that ranks older tokens first, far above any gate logit: the memory keeps positions 0 .. M-1 (the
     gate still biases the read, as the model was trained)."""
 
-    def forward(self, u, f_prev=None, pos=None):
-        return -1e6 * pos.float()[None].expand(u.shape[0], -1), None
+    def forward(self, u, f_prev=None, pos=None, state=None):
+        return -1e6 * pos.float()[None].expand(u.shape[0], -1), None, state
 
 
 def _evals(opts: dict, n: int, seed: int, batch: int):
@@ -94,9 +95,19 @@ def main(argv=None) -> int:
         for x, sc in zip(mixers, saved):
             x.scorer = sc
         return acc
+    @torch.no_grad()
+    def pair_share(batches):  # diagnostic: the share of each layer's final memory that holds pair tokens (M = 2P)
+        m.eval()
+        shares = []
+        for x, _ in batches:
+            st = m(x, return_state=True).state
+            pos = torch.stack([s.mem.pos for s in st.layers if getattr(s, "mem", None) is not None])  # (L, B, M)
+            shares.append(((pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])).float().mean((1, 2)))
+        return [round(v, 4) for v in torch.stack(shares).mean(0).tolist()]
     if mixers:
         out["acc_memory_all"] = every_token(64, evals)
         out["acc_oldest_kept"] = oldest_kept(evals)
+        out["memory_pair_share"] = pair_share(evals)
     for k in factors:  # the pairs stay at the start; queries from 32k on, so every one is far beyond the window
         opts = {**task, "seq_len": 64 * k, "query_start": 32 * k}
         batches = _evals(opts, 256, 4242 + k, 32)
@@ -105,6 +116,7 @@ def main(argv=None) -> int:
         if mixers:
             out[f"acc_x{k}_memory_all"] = every_token(64 * k, batches)
             out[f"acc_x{k}_oldest_kept"] = oldest_kept(batches)
+            out[f"memory_pair_share_x{k}"] = pair_share(batches)
     out["machine"] = machine()
     print(json.dumps(out), flush=True)
     dest = Path(a.out)

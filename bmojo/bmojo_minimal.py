@@ -86,10 +86,12 @@ def ssm_minimal(ssm, x: torch.Tensor) -> torch.Tensor:
     return F.linear(u, ssm.out_proj.weight)
 
 
-def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, mem_bias=None, fading_bias=None):
+def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, mem_bias=None, fading_bias=None,
+                    null=None):
     """q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh) from position 0; in_mem (B, T, T) or None;
     mem_v: the values memory entries carry (default v); mem_bias (B, T): a logit added to memory entry j;
-    fading_bias (scalar): a logit added to every fading key."""
+    fading_bias (scalar): a logit added to every fading key; null = (key, value) (H, Dh): one more key of each
+    head that every query sees."""
     B, T, H, Dh = q.shape
     rep = H // k.shape[2]
     i = torch.arange(T)[:, None]
@@ -105,6 +107,11 @@ def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, 
     biases.append(torch.zeros(B, T))
     K = torch.cat(keys, 1).repeat_interleave(rep, dim=2)  # (B, S, H, Dh)
     V = torch.cat(vals, 1).repeat_interleave(rep, dim=2)
+    if null is not None:  # a last key column, the same at every position, seen by every query
+        K = torch.cat([K, null[0].expand(B, 1, H, Dh)], 1)
+        V = torch.cat([V, null[1].expand(B, 1, H, Dh)], 1)
+        masks.append(torch.ones(B, T, 1, dtype=torch.bool))
+        biases.append(torch.zeros(B, 1))
     mask = torch.cat(masks, -1)  # (B, T, S)
     s = torch.einsum("bihd,bjhd->bhij", q, K) / math.sqrt(Dh)
     s = s + torch.cat(biases, 1)[:, None, None, :]  # per key: the gate's log-sigmoid, the fading offset, or 0
@@ -141,6 +148,15 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
             scores = (x - f_prev).pow(2).mean(-1)
         elif mixer.selector == "none":
             scores = torch.zeros(B, T)
+        elif mixer.selector == "assoc":  # the delta rule over (previous input, input) pairs, token by token
+            S, errs = torch.zeros(B, D, D, dtype=torch.float64), []
+            for t in range(T):
+                key = F.normalize(x[:, t - 1].double(), dim=-1) if t else torch.zeros(B, D, dtype=torch.float64)
+                pred = (S @ key[:, :, None])[..., 0]
+                err = x[:, t].double() - pred
+                S = S + err[:, :, None] * key[:, None, :]
+                errs.append(err.pow(2).sum(-1) / (x[:, t].double().pow(2).sum(-1) + pred.pow(2).sum(-1)))
+            scores = torch.stack(errs, 1).float()
         else:
             from bmojo.layers.scorers.position import position_scores
             scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
@@ -152,6 +168,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
             else:  # stored values scaled by sigmoid(g)
                 mem_v = v * torch.sigmoid(g)[..., None, None]
         in_mem = prefix_topk_memory(scores.detach(), mixer.chunk, mixer.memory_size)
-    o = dense_attention(q, k, v, W, fk, fv, in_mem, mem_v, mem_bias, getattr(mixer, "fading_bias", None))
+    null = (mixer.null_k, mixer.null_v) if getattr(mixer, "null_k", None) is not None else None
+    o = dense_attention(q, k, v, W, fk, fv, in_mem, mem_v, mem_bias, getattr(mixer, "fading_bias", None), null)
     y = mixer.o_proj(o.reshape(B, T, H * Dh))
     return y + f if getattr(mixer, "ssm_residual", False) else y

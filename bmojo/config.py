@@ -112,6 +112,9 @@ class ModelConfig:
     fading_gate: float | None = _f(None, "a learned logit offset on every fading key, starting at this value (e.g. "
                                          "-4: the fading segment starts nearly switched off and the task opens it); "
                                          "None = no offset")
+    null_key: bool = _f(False, "B layers with memory: one learned key and value per query head (no RoPE, zero at "
+                               "init) that every query sees beside the memory, so a query that needs nothing "
+                               "stored can put its weight there")
     attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
     attn_conv_size: int = _f(4, "kernel size of attn_conv")
     ssm_residual: bool = _f(False, "add the SSM output f to the F/B mixer output (y = Wo o + f)")

@@ -41,11 +41,11 @@ def assert_grads_close(fast, ref, names, rtol=1e-5):
 
 
 def randomise_extras(module, std=0.3):
-    """Give zero- or identity-initialised parts (innovation predictor, selection gate, attn_conv) non-trivial
+    """Give zero- or identity-initialised parts (innovation predictor, selection gate, attn_conv, null key) non-trivial
     values, so that tests exercise them."""
     with torch.no_grad():
         for n, p in module.named_parameters():
-            if "predictor" in n or "attn_conv" in n or "gate" in n:
+            if "predictor" in n or "attn_conv" in n or "gate" in n or "null_" in n:
                 p.normal_(0, std)
     return module
 

@@ -16,7 +16,8 @@ Selection that learns (`selection_gate`): a gate g_t = w.x_t adds to the priorit
 log-sigmoid is added to the entry's attention logit (values unscaled, neutral at init), so every candidate in the
 memory gets a gradient, and `train_memory_size` > M lets a training forward keep more candidates than M (all of
 them when >= T) while evaluation and decoding keep the hard top-M; `gate_penalty` pushes every gate down.
-`fading_gate` adds one learned logit offset to the fading keys (e.g. starting switched off).
+`fading_gate` adds one learned logit offset to the fading keys (e.g. starting switched off); `null_key` one learned
+key and value every query sees (joined to the per-query entries, after the store's).
 Long-term store (bmojo.memory): with a store in the state, the tokens that leave the memory go there and each
 query also reads its top-k entries; `train_store_topk` makes a training forward read the store its own
 evictions would build, so that a model learns to use one.  The store is read and written at the layer's edge, once
@@ -76,6 +77,10 @@ class BMojoMixer(Attention):
             self.gate = nn.Linear(cfg.d_model, 1, bias=False)  # a bias would shift every priority alike
             self.gate._no_reinit = True
             nn.init.zeros_(self.gate.weight)
+        self.null_k = self.null_v = None
+        if self.memory_size > 0 and cfg.null_key:  # zero key and value: at init a query gives it weight exp(0)
+            self.null_k = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim))
+            self.null_v = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim))
         self._register_load_state_dict_pre_hook(_rename_predictor)
 
     # ---- fading tokens ----------------------------------------------------------------------------------
@@ -95,19 +100,23 @@ class BMojoMixer(Attention):
         return apply_rope(k, cos.view(shape), sin.view(shape))
 
     # ---- eidetic scores ---------------------------------------------------------------------------------
-    def _scores(self, x, f, f_prev0, t0):
-        """x, f (B, T, D) -> scores (B, T) of tokens t0 .. t0+T-1 (no gradient) and the scorer's aux loss."""
+    def _scores(self, x, f, f_prev0, t0, state):
+        """x, f (B, T, D) -> scores (B, T) of tokens t0 .. t0+T-1 (no gradient), the scorer's aux loss and state."""
         f_prev = None
         if self.uses_f_prev:
             f_prev = torch.cat([f_prev0[:, None].to(f.dtype), f[:, :-1]], dim=1)  # (B, T, D): f_{t-1}
-        return self.scorer(x, f_prev, torch.arange(t0, t0 + x.shape[1], device=x.device))
+        return self.scorer(x, f_prev, torch.arange(t0, t0 + x.shape[1], device=x.device),
+                           state.mem.scorer if state is not None else None)
 
     def _score_step(self, x_t, f_t, state):
         f_prev = state.mem.f_prev[:, None] if self.uses_f_prev else None
         pos = None if self.uses_f_prev else torch.tensor([state.pos], device=x_t.device)  # position scorers only
-        s, _ = self.scorer(x_t[:, None], f_prev, pos)
+        s, _, new = self.scorer(x_t[:, None], f_prev, pos, state.mem.scorer)
         if self.uses_f_prev:
             state.mem.f_prev.copy_(f_t)
+        if new is not None:  # decode states are written in place
+            for old, t in zip(state.mem.scorer.tensors(), new.tensors()):
+                old.copy_(t)
         return s[:, 0]
 
     # ---- parallel mode ----------------------------------------------------------------------------------
@@ -130,7 +139,7 @@ class BMojoMixer(Attention):
         # 4. eidetic memory: scores -> the memory update (bmojo.ops.eidetic) -> each query block's entries
         mem = self._eidetic(x, f, vs, ks, state, t0, k_start, return_state) if self.memory_size > 0 else None
         # 5. the long-term store's top-k for each query, as one more key segment
-        extra = self._store_entries(q, state, t0, mem) if mem is not None else None
+        extra = self._with_null(self._store_entries(q, state, t0, mem), q) if mem is not None else None
         # 6. one softmax over [store | eidetic | fading | raw window]
         kw = dict(chunk=self.chunk, q_start=t0, k_start=k_start, fk=fks, fv=fvs, f_start=f_start, scale=self.scale,
                   extra=extra, **(mem.attention_kw() if mem is not None else {}))
@@ -190,7 +199,7 @@ class BMojoMixer(Attention):
         """Scores (plus the gate), the memory update over the key/value table, and what attention reads."""
         B, M = x.shape[0], self._capacity(state, return_state)
         f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, self.d_model)
-        scores, aux = self._scores(x, f, f_prev0, t0)
+        scores, aux, scorer_state = self._scores(x, f, f_prev0, t0, state)
         innovation = scores
         gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained through what is read
         if gate is not None:
@@ -208,7 +217,7 @@ class BMojoMixer(Attention):
         table_k, table_v, mem0, pend = self._memory_table(ks, vs_mem, state, k_start, t0, M)
         ev = eidetic_memory(scores, start=t0, chunk=self.chunk, memory=mem0, pending=pend,
                             src_offset=M + t0 - k_start, rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
-        return EideticCall(ev, table_k, table_v, innovation, aux, f_prev0, g_stream, table_g)
+        return EideticCall(ev, table_k, table_v, innovation, aux, f_prev0, g_stream, table_g, scorer_state)
 
     def _store_entries(self, q, state, t0, mem):
         """Per-query (keys, values, visible) from the long-term store, or None: the state's store (each query block
@@ -222,6 +231,20 @@ class BMojoMixer(Attention):
             return layer_io.entries_from_evictions(q, mem.table_k, mem.table_v, mem.ev, memory_size=self.memory_size,
                                                    chunk=C, window=W, topk=self.train_store_topk)
         return None
+
+    def _with_null(self, extra, q):
+        """The per-query entries (keys, values (..., H, K, Dh), visible (..., H, K)) with the learned null key joined
+        as one more entry every query sees; q (B, [T,] H, Dh).  Unchanged without a null key."""
+        if self.null_k is None:
+            return extra
+        lead = q.shape[:-1]  # (B, [T,] H)
+        nk = self.null_k.to(q.dtype).expand(*lead, self.head_dim)[..., None, :]
+        nv = self.null_v.to(q.dtype).expand(*lead, self.head_dim)[..., None, :]
+        vis = torch.ones(*lead, 1, dtype=torch.bool, device=q.device)
+        if extra is None:
+            return nk, nv, vis
+        ek, ev, evis = extra
+        return torch.cat([ek, nk.to(ek.dtype)], -2), torch.cat([ev, nv.to(ev.dtype)], -2), torch.cat([evis, vis], -1)
 
     def _record(self, q, ks, vs, kw, mem):
         """Inspection: where each query's attention went, from an explicit softmax beside the kernel."""
@@ -272,7 +295,7 @@ class BMojoMixer(Attention):
             pend_gate[:, :n] = mem.g_stream.gather(1, ev.pending.src - self.memory_size)
         gate = gather_logits(mem.table_g, ev.memory.src) if mem.table_g is not None else None
         return MemoryState(gather_rows(table_k, ev.memory.src), gather_rows(table_v, ev.memory.src), ev.memory.score,
-                           ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate, gate)
+                           ev.memory.pos, pend_score, pend_pos, f_prev, pend_gate, gate, mem.scorer_state)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------
     def step(self, x_t, state):
@@ -297,6 +320,7 @@ class BMojoMixer(Attention):
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
                 extra = layer_io.retrieve_step(state.store, q, i, window=W, chunk=C)
+            extra = self._with_null(extra, q)
         keys, vis = torch.cat(keys, 1), torch.cat(vis, 1)
         if (M > 0 and state.mem.gate is not None) or self.fading_bias is not None:  # keys: [memory | fading | raw]
             parts = [F.logsigmoid(state.mem.gate) if state.mem.gate is not None else keys.new_zeros(B, M)] if M else []
@@ -388,5 +412,6 @@ class BMojoMixer(Attention):
                                  if self.uses_f_prev else None,
                                  torch.zeros(batch, C, device=device, dtype=dtype) if self.gate is not None else None,
                                  torch.zeros(batch, M, device=device, dtype=dtype)
-                                 if self.gate is not None and self.gate_read == "logit" else None)
+                                 if self.gate is not None and self.gate_read == "logit" else None,
+                                 self.scorer.init_state(batch, device, dtype))
         return st

@@ -24,6 +24,7 @@ class MemoryState(LayerState):
     f_prev: torch.Tensor | None = None  # (B, D) last SSM output, for the innovation test
     pend_gate: torch.Tensor | None = None  # (B, C) selection-gate logits of the current chunk's tokens
     gate: torch.Tensor | None = None  # (B, M) the entries' gate logits (gate_read="logit": read as a logit bias)
+    scorer: LayerState | None = None  # the scorer's own state (bmojo.layers.scorers), when it keeps one
 
 
 @dataclass
@@ -59,6 +60,7 @@ class EideticCall:
     f_prev0: torch.Tensor
     g_stream: torch.Tensor | None
     table_g: torch.Tensor | None  # (B, M + stream) gate logits beside the table (gate_read="logit")
+    scorer_state: LayerState | None = None  # the scorer's state after the call's last token
 
     def attention_kw(self) -> dict:
         src = self.ev.blocks.src

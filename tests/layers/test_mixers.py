@@ -16,6 +16,8 @@ MIXERS = {  # name -> (preset, layer index, config overrides)
     "bmojo": ("bmojo", 0, {}),
     "bmojo-norm": ("bmojo", 0, {"selector": "norm"}),
     "bmojo-random": ("bmojo", 0, {"selector": "random"}),
+    "bmojo-assoc-gate": ("bmojo", 0, {"selector": "assoc", "selection_gate": True, "gate_read": "logit"}),
+    "bmojo-null-key-gqa": ("bmojo", 0, {"null_key": True, "n_kv_heads": 1}),
     "bmojo-recency-fifo": ("bmojo", 0, {"selector": "recency", "memory_rule": "fifo", "fifo_per_chunk": 2}),
     "bmojo-decay-mamba1": ("bmojo", 0, {"memory_decay": 0.7, "ssm_kind": "mamba1"}),
     "bmojo-untied-residual-noconv": ("bmojo", 0, {"tie_fading": False, "ssm_residual": True, "attn_conv": False}),

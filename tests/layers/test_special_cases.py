@@ -54,13 +54,15 @@ def test_bmojo_f_is_one_dense_masked_softmax(T, tie):
 
 @pytest.mark.parametrize("T", LEN)
 @pytest.mark.parametrize("selector", ["innovation", "norm", "random", "recency", "none", "innovation+gate",
-                                      "none+gate-logit", "innovation+gate-logit", "innovation+fading-gate"])
+                                      "none+gate-logit", "innovation+gate-logit", "innovation+fading-gate", "assoc",
+                                      "innovation+null-key"])
 def test_bmojo_matches_dense_oracle(T, selector):
     base = selector.split("+")[0]
     m = _randomise(BMojoMixer(tiny("bmojo", selector=base, ssm_residual=base == "norm",
                                    selection_gate="+gate" in selector,
                                    gate_read="logit" if selector.endswith("logit") else "value",
-                                   fading_gate=-1.5 if selector.endswith("fading-gate") else None), 0))
+                                   fading_gate=-1.5 if selector.endswith("fading-gate") else None,
+                                   null_key=selector.endswith("null-key")), 0))
     x = _x(T)
     assert_close(m(x)[0], bmojo_layer_minimal(m, x), name=f"bmojo[{selector}] vs dense")
 

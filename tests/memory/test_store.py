@@ -57,9 +57,11 @@ def test_store_with_room_for_everything_is_full_attention(tmp_path, T):
         assert (y_no - y).abs().max() > 1e-3, "the store changed nothing: the test would not see a broken read"
 
 
-@pytest.mark.parametrize("admit,B", [("evicted", 2), ("memory", 2), ("evicted", 1)])  # B = 1: the decode fast path
-def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit, B):
-    m = _model()
+@pytest.mark.parametrize("admit,B,kw", [("evicted", 2, {}), ("memory", 2, {}), ("evicted", 1, {}),  # B = 1: fast path
+                                        ("evicted", 2, {"null_key": True}), ("evicted", 1, {"null_key": True})])
+def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit, B, kw):
+    """With the null key too: the store's entries and the null key share the per-query segment."""
+    m = _model(**kw)
     ids = _ids(B, 61)
     with Store.for_model(tmp_path / "a", m, rows=B, cfg=StoreConfig(topk=5, admit=admit)) as sa, \
             Store.for_model(tmp_path / "b", m, rows=B, cfg=StoreConfig(topk=5, admit=admit)) as sb:

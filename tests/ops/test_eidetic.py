@@ -172,9 +172,10 @@ def test_scorers():
     P = torch.randn(6, 6)
     with torch.no_grad():
         inn.predictor.weight.copy_(P)
-    s, aux = inn(u, f, pos[:5])
+    s, aux, state = inn(u, f, pos[:5])
     assert torch.allclose(s, (u - f @ P.t()).pow(2).mean(-1)) and not s.requires_grad
     assert aux is not None and aux.requires_grad and inn.eval()(u, f, pos[:5])[1] is None  # training only
+    assert state is None and inn.init_state(2) is None
     r = position_scores("random", pos, 2)
     assert r.shape == (2, 100) and 0 <= r.min() and r.max() < 1 and r[0].unique().numel() == 100
     assert torch.equal(position_scores("random", pos[50:], 1)[0], r[0, 50:])  # a pure function of position

@@ -22,10 +22,13 @@ class InnovationScorer(nn.Module):
             self.predictor._no_reinit = True
             nn.init.zeros_(self.predictor.weight)
 
-    def forward(self, u, f_prev, pos=None):
-        """u, f_prev (B, T, D) -> scores (B, T) float32, aux_loss (training with a learned P) or None."""
+    def init_state(self, batch, device=None, dtype=None):
+        return None  # f_{t-1} is the layer's (it owns the SSM)
+
+    def forward(self, u, f_prev, pos=None, state=None):
+        """u, f_prev (B, T, D) -> scores (B, T) float32, aux_loss (training with a learned P) or None, no state."""
         u, f_prev = u.detach(), f_prev.detach().to(u.dtype)
         pred = self.predictor(f_prev) if self.predictor is not None else f_prev  # P f_{t-1}
         aux = (u - pred).pow(2).mean() if self.predictor is not None and self.training else None
         with torch.no_grad():
-            return (u - pred).float().pow(2).mean(-1), aux
+            return (u - pred).float().pow(2).mean(-1), aux, None

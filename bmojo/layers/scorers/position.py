@@ -35,6 +35,9 @@ class PositionScorer(nn.Module):
             raise ValueError(f"PositionScorer: kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.seed = kind, seed
 
-    def forward(self, u, f_prev=None, pos=None):
-        """u (B, T, D), pos (T,) -> scores (B, T) float32, no auxiliary loss."""
-        return position_scores(self.kind, pos, u.shape[0], self.seed), None
+    def init_state(self, batch, device=None, dtype=None):
+        return None
+
+    def forward(self, u, f_prev=None, pos=None, state=None):
+        """u (B, T, D), pos (T,) -> scores (B, T) float32, no auxiliary loss, no state."""
+        return position_scores(self.kind, pos, u.shape[0], self.seed), None, None
