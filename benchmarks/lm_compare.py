@@ -40,6 +40,8 @@ ABLATION = [
     LMRow("res-fgate", "bmojo-paper", {**RES, "fading_gate": -4.0}),  # a learned gate on the fading segment
     LMRow("res-sel", "bmojo-paper", {**RES, "selection_gate": True, "gate_read": "logit", "selector": "none",
                                "gate_penalty": 0.1, "train_memory_anneal": 0.5, "train_memory_size": 64}),
+    LMRow("res-assoc", "bmojo-paper", {**RES, "selector": "assoc"}),  # the associative (in-context) innovation
+    LMRow("res-null", "bmojo-paper", {**RES, "null_key": True}),  # a learned null key beside the memory
 ]  # (bmojo-f with the residual is res-M0: a B layer with M = 0 is an F layer, the same model and numbers)
 
 

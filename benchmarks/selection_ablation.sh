@@ -48,3 +48,15 @@ run recipe_M32_2000 bmojo-paper 2000 6e-3 "{$RECIPE, \"memory_size\": 32}"
 # the rows above ran the paper's layer (bmojo-paper, the preset `bmojo` was before that issue)
 run recipe_lr6_res_s0 bmojo 800 6e-3 "{$RECIPE}" --seed 0 --lengths 4,16 &
 run recipe_lr6_res_s1 bmojo 800 6e-3 "{$RECIPE}" --seed 1 --lengths 4,16; wait
+# the associative innovation (selector=assoc: the delta rule's error predicting a token from the one before it, in
+# context) against the learned innovation test and random selection, no gate, equal M, with the share of the memory
+# that holds pair tokens (memory_pair_share); inn_markov_pk / random_markov_pk rerun inn_markov / random_markov
+run assoc_markov bmojo-paper 800 3e-3 '{"selector": "assoc"}' --filler markov --lengths 4,16 &
+run inn_markov_pk bmojo-paper 800 3e-3 '{}' --filler markov --lengths 4,16; wait
+run random_markov_pk bmojo-paper 800 3e-3 '{"selector": "random"}' --filler markov --lengths 4,16 &
+# the recipe with a learned null key beside the memory (null_key)
+run recipe_lr6_null_s0 bmojo-paper 800 6e-3 "{$RECIPE, \"null_key\": true}" --seed 0 --lengths 4,16; wait
+run recipe_lr6_null_s1 bmojo-paper 800 6e-3 "{$RECIPE, \"null_key\": true}" --seed 1 --lengths 4,16; wait
+# the recipe on the predictable filler, with the gate alone and with the associative innovation under it
+run recipe_lr6_markov_s0 bmojo-paper 800 6e-3 "{$RECIPE}" --filler markov --seed 0 --lengths 4,16 &
+run recipe_lr6_assoc_markov_s0 bmojo-paper 800 6e-3 "{$RECIPE, \"selector\": \"assoc\"}" --filler markov --seed 0 --lengths 4,16; wait

@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
     p.add_argument("--length-factors", default="4,16", help="also evaluate at these multiples of seq_len (with mqar "
                    "the pairs stay at the start and the queries move to the end); '' for none")
     p.add_argument("--selectors", default="", help="memory ablation: train bmojo once per eidetic scorer, "
-                   "e.g. innovation,norm,random,recency (equal memory size, selection gate off)")
+                   "e.g. innovation,norm,random,recency,assoc (equal memory size, selection gate off)")
     p.add_argument("--memory-sizes", default="", help="memory sweep: train bmojo once per M, e.g. 4,8,16,32")
     p.add_argument("--windows", default="", help="window sweep: train swa once per W, e.g. 16,32")
     p.add_argument("--d-states", default="", help="state sweep: train mamba once per d_state, e.g. 4,64")
