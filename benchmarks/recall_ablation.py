@@ -6,10 +6,10 @@
 Setting: V=256, T=64, 8 pairs at the start, queries from position 32 (all beyond the window W=8), 2 layers,
 ~150k parameters (size_to_params), chunk 8, M=16, batch 64, warmup 50, eval on 512 held-out sequences every
 100 steps, one torch thread.  `memory_pair_share`: per layer, the share of the final memory that holds pair tokens
-(1 = the 2P = M pairs exactly; the selection's precision whatever the accuracy).  `--lengths` also evaluates at those multiples of T (pairs at the start, queries
-from 32k on) and records the decode-state bytes there.  Writes DIR/LABEL.json (default
-benchmarks/results/recall_ablation) and appends the same row to DIR/rows.jsonl.  Rows of the README's first
-ablation (two runs at a time on a 2-core CPU):
+(1 = the 2P = M pairs exactly; the selection's precision whatever the accuracy).  `--lengths` also evaluates at
+those multiples of T (pairs at the start, queries from 32k on) and records the decode-state bytes there.  Writes
+DIR/LABEL.json (default benchmarks/results/recall_ablation) and appends the same row to DIR/rows.jsonl.  Rows of
+the README's first ablation (two runs at a time on a 2-core CPU):
 
     python benchmarks/recall_ablation.py bmojo_inn bmojo 1500 3e-3
     python benchmarks/recall_ablation.py bmojo_random bmojo 1500 3e-3 '{"selector": "random"}'
