@@ -69,10 +69,11 @@ def test_bmojo_matches_dense_oracle(T, selector):
 
 @pytest.mark.parametrize("T", LEN)
 @pytest.mark.parametrize("C", [1, 4, W])
-def test_memory_read_exactness(T, C):
+@pytest.mark.parametrize("selector", ["innovation", "assoc"])
+def test_memory_read_exactness(T, C, selector):
     """Fading off and M >= T: every past token is in the window or in memory -> full causal attention (the
-    paper's layer: no SSM output added to the residual)."""
-    cfg = tiny("bmojo-paper", fading=False, memory_size=T, chunk=C)
+    paper's layer: no SSM output added to the residual), whatever the scorer."""
+    cfg = tiny("bmojo-paper", fading=False, memory_size=T, chunk=C, selector=selector)
     b = _randomise(BMojoMixer(cfg, 0))
     full = Attention(cfg, window=None)
     full.load_state_dict({k: v for k, v in b.state_dict().items() if k in full.state_dict()})
