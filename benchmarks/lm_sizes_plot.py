@@ -29,6 +29,7 @@ def main(argv=None) -> int:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed: no plot")
         return 0
@@ -37,6 +38,11 @@ def main(argv=None) -> int:
         n, p = zip(*sorted(pts))
         ax.plot(n, p, marker="o", label=label)
     ax.set_xscale("log")
+    sizes = sorted({n for pts in lines.values() for n, _ in pts})
+    ticks = [m * 10 ** k for k in range(4, 9) for m in (1, 2.5, 5)]  # 1, 2.5, 5 x a power of ten
+    ax.set_xticks([t for t in ticks if sizes[0] * 0.8 <= t <= sizes[-1] * 1.25])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters")
     ax.set_ylabel("test perplexity per byte at the training length")
     ax.set_title(f"{args.corpus}: perplexity against size (800 steps)")
