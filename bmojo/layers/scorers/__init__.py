@@ -1,9 +1,10 @@
 """Eidetic scorers: how much each token is worth keeping in the eidetic memory (higher = keep).
 
-A scorer is one nn.Module in one file with two calls:
+A scorer is one `Scorer` (bmojo.layers.scorers.base, an nn.Module) in one file with two calls:
     scorer(u, f_prev, pos, state=None) -> (scores (B, T) float32 without gradient, aux_loss (a scalar) or None,
                                            the scorer's state after the last token, or None)
     scorer.init_state(batch, device, dtype) -> an empty state (a LayerState, part of the decode state) or None
+                                              (the base class: None)
 u (B, T, D) the layer's input, f_prev (B, T, D) the SSM output before each token (f_{t-1}; None where a scorer
 has `uses_f_prev = False`), pos (T,) the tokens' absolute positions, state what the scorer returned for the
 tokens before (None at a sequence's start; never changed in place).  Parallel and recurrent modes call it the

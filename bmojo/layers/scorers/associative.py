@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from bmojo.layers.scorers.base import Scorer
 from bmojo.layers.state import LayerState
 from bmojo.ops.delta import delta_errors
 
@@ -33,9 +33,7 @@ class AssociativeState(LayerState):
     last: torch.Tensor  # (B, D) float32: the last input seen (the next token's key)
 
 
-class AssociativeScorer(nn.Module):
-    uses_f_prev = False
-
+class AssociativeScorer(Scorer):
     def __init__(self, d_model: int):
         super().__init__()
         self.d_model = d_model

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bmojo.layers.scorers.base import Scorer
 
-class InnovationScorer(nn.Module):
+
+class InnovationScorer(Scorer):
     uses_f_prev = True
 
     def __init__(self, d_model: int, learned: bool = True):
@@ -21,9 +23,6 @@ class InnovationScorer(nn.Module):
             self.predictor = nn.Linear(d_model, d_model, bias=False)
             self.predictor._no_reinit = True
             nn.init.zeros_(self.predictor.weight)
-
-    def init_state(self, batch, device=None, dtype=None):
-        return None  # f_{t-1} is the layer's (it owns the SSM)
 
     def forward(self, u, f_prev, pos=None, state=None):
         """u, f_prev (B, T, D) -> scores (B, T) float32, aux_loss (training with a learned P) or None, no state."""

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from bmojo.layers.scorers.base import Scorer
 
 KINDS = ("random", "recency", "none")
 
@@ -26,17 +26,13 @@ def position_scores(kind: str, pos: torch.Tensor, batch: int, seed: int = 0) -> 
     return s.unsqueeze(0).expand(batch, -1)
 
 
-class PositionScorer(nn.Module):
-    uses_f_prev = False
+class PositionScorer(Scorer):
 
     def __init__(self, kind: str, seed: int = 0):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"PositionScorer: kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.seed = kind, seed
-
-    def init_state(self, batch, device=None, dtype=None):
-        return None
 
     def forward(self, u, f_prev=None, pos=None, state=None):
         """u (B, T, D), pos (T,) -> scores (B, T) float32, no auxiliary loss, no state."""
