@@ -13,7 +13,7 @@ import torch
 
 from bmojo.config import ConfigError
 from bmojo.cli.memory import add_store_args, open_store
-from bmojo.inference import generate
+from bmojo.inference import compile_step, generate
 from bmojo.inference.sampling import check_sampling
 from bmojo.memory.session import load_session, save_session
 from bmojo.train.checkpoint import load_lm_checkpoint
@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--compile", action="store_true",
+                   help="run the decode step under torch.compile (bmojo.inference.compile_step): faster per token, "
+                   "after a compile of seconds to minutes on a CPU; not with --storage")
     add_store_args(p)
     p.set_defaults(func=run)
 
@@ -83,6 +86,9 @@ def run(args) -> int:
         raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens}: must be >= 0")
+    if args.compile and args.storage:
+        raise ConfigError("--compile with --storage: the long-term store's reads and writes are not compiled; "
+                          "drop one of them")
     prompt = read_prompt(args)
     model, _, tok = load_lm_checkpoint(args.checkpoint)
     ids = tok.encode(prompt).tolist()
@@ -94,10 +100,14 @@ def run(args) -> int:
             print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
     stream = StreamDecoder(tok, ids)
     sys.stdout.write(prompt)
+    step = None
+    if args.compile:
+        print("[compiling the decode step: the first tokens wait for it]", file=sys.stderr)
+        step = compile_step(model)
     try:
         _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]),
-                            state=state, return_state=True)
+                            state=state, return_state=True, step=step)
         stream.finish()
         if store is not None:
             save_session(store, state)

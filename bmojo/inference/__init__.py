@@ -1,4 +1,5 @@
+from bmojo.inference.compiled import compile_step
 from bmojo.inference.generate import generate
 from bmojo.inference.sampling import sample_next
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["compile_step", "generate", "sample_next"]

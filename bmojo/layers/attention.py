@@ -46,6 +46,12 @@ def ring_from_stream(stream: torch.Tensor, stream_start: int, end: int, span: in
     return buf
 
 
+def ring_write(buf: torch.Tensor, slot: int, value: torch.Tensor) -> None:
+    """buf[:, slot] = value, through `select`: a compiled decode step then treats the slot as a symbol, where an
+    integer subscript makes torch.compile specialise (and recompile) on its value."""
+    buf.select(1, slot).copy_(value)
+
+
 def ring_positions(end: int, span: int, device) -> torch.Tensor:
     """Position held by each slot of a ring after writing position end-1 (negative = never written)."""
     s = torch.arange(span, device=device)
@@ -123,8 +129,8 @@ class Attention(nn.Module):
             raise ValueError(f"{type(self).__name__}: decode cache is full ({state.span} tokens, "
                              "ModelConfig.max_seq_len); cannot append")
         q, k, v = self._qkv(a_t[:, None], cos, sin)
-        state.k[:, i % state.span] = k[:, 0]
-        state.v[:, i % state.span] = v[:, 0]
+        ring_write(state.k, i % state.span, k[:, 0])
+        ring_write(state.v, i % state.span, v[:, 0])
         return q[:, 0], state.k, state.v
 
     def _written(self, i: int, span: int, device) -> torch.Tensor:

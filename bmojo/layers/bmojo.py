@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bmojo.config import ModelConfig
-from bmojo.layers.attention import Attention, ring_from_stream, ring_positions, ring_read
+from bmojo.layers.attention import Attention, ring_from_stream, ring_positions, ring_read, ring_write
 from bmojo.layers.bmojo_state import BMojoState, EideticCall, MemoryState, gather_logits, gather_rows
 from bmojo.layers.ssm import make_ssm
 from bmojo.layers.scorers import make_scorer
@@ -309,8 +309,8 @@ class BMojoMixer(Attention):
         keys, vals, vis = [raw_k], [raw_v], [self._ring_visibility(i, x_t.device).expand(B, -1)]
         if self.fading:  # delay line of 2W (its visibility is in _ring_visibility)
             fk, fv = self._fading_kv(f_t[:, None], cos, sin)
-            state.fk[:, i % (2 * W)] = fk[:, 0]
-            state.fv[:, i % (2 * W)] = fv[:, 0]
+            ring_write(state.fk, i % (2 * W), fk[:, 0])
+            ring_write(state.fv, i % (2 * W), fv[:, 0])
             keys.insert(0, state.fk); vals.insert(0, state.fv)
         extra = bias = None
         if M > 0:
@@ -337,22 +337,23 @@ class BMojoMixer(Attention):
             score = self._score_step(x_t, f_t, state)
             if self.gate is not None:
                 g = self.gate(x_t)[:, 0]
-                state.mem.pend_gate[:, n] = g
+                ring_write(state.mem.pend_gate, n, g)
                 score = score + g
             if n == C - 1:
                 self._merge_step(state, score)
             else:
-                state.mem.pend_score[:, n] = score
-                state.mem.pend_pos[:, n] = i
+                ring_write(state.mem.pend_score, n, score)
+                state.mem.pend_pos.select(1, n).fill_(i)
         state.pos += 1
         return y, state
 
     def _ring_visibility(self, i: int, device) -> torch.Tensor:
         """(2W + W,) bool for query i over [fading delay line (2W slots) | raw ring (W slots)], after position i was
         written: fading slots hold positions i-2W < p <= i, visible when p <= i - W; raw slots when written.  Once
-        both rings are full it depends on i mod 2W only, so those 2W patterns are made once."""
+        both rings are full it depends on i mod 2W only, so those 2W patterns are made once (in eager mode: a
+        compiled step computes them, as a cache keyed by position would make it recompile at every position)."""
         W = self.window
-        full = i >= 2 * W - 1
+        full = i >= 2 * W - 1 and not torch.compiler.is_compiling()
         key = (i % (2 * W), device)
         cache = self.__dict__.setdefault("_vis_cache", {})
         if full and key in cache:
@@ -372,7 +373,7 @@ class BMojoMixer(Attention):
         mem, M, B, C = state.mem, self.memory_size, state.k.shape[0], self.chunk
         dev = mem.k.device
         slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens (the last one just written)
-        slots[:, C - 1] = state.pos % self.window
+        slots.select(1, C - 1).fill_(state.pos % self.window)
         cand_k, cand_v = gather_rows(state.k, slots), gather_rows(state.v, slots)
         if self.gate is not None and mem.gate is None:  # gate_read="value"
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)

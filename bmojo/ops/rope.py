@@ -14,7 +14,10 @@ def rotated_pairs(dim: int, fraction: float) -> int:
 def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype, fraction: float = 1.0):
     """positions (T,) long -> cos, sin (T, 1, dim) to broadcast over (B, T, H, dim).  With fraction < 1 only the
     highest-frequency pairs rotate; the others carry no position (their angle is 0)."""
-    ang = positions.to(torch.float32)[:, None, None] * _inv_freq(dim, theta, fraction, positions.device)  # (T, 1, dim)
+    # (a compiled step traces the function itself: the cache wrapper is Python state dynamo would warn about)
+    inv_freq = (_inv_freq.__wrapped__ if torch.compiler.is_compiling() else _inv_freq)(dim, theta, fraction,
+                                                                                         positions.device)
+    ang = positions.to(torch.float32)[:, None, None] * inv_freq  # (T, 1, dim)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 

@@ -101,6 +101,7 @@ def test_foreign_or_other_version_checkpoints_lose_nothing(tmp_path, texts, caps
     (["--top-k", "0"], "--top-k: top_k must be >= 1"),
     (["--max-new-tokens", "-2"], "--max-new-tokens=-2: must be >= 0"),
     (["--prompt-file", "/no/such/prompt.txt"], "--prompt-file /no/such/prompt.txt: cannot read it"),
+    (["--compile", "--storage", "/no/such/store"], "--compile with --storage: "),
 ])
 def test_generate_options_are_checked_before_any_work(tmp_path, capsys, argv, message):
     """Checked before the checkpoint is read and before the prompt is echoed (the checkpoint here does not
