@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import time
 
 import torch
@@ -29,6 +30,7 @@ from bmojo.ops.ssd import ssd_chunked
 PRESETS = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
 # the model family at a matched size for the train and decode suites (as in benchmarks/lm_compare.py)
 MODEL = {"n_layers": 4, "n_heads": 4, "window": 64, "chunk": 32, "memory_size": 32, "ssm_head_dim": 32}
+ROUNDS = 3  # timed rounds of the train suite, after a warm-up round
 
 
 def _has(module: str) -> bool:
@@ -170,31 +172,51 @@ def _model(name: str, params: int, max_len: int, device="cpu") -> BMojoLM:
     return BMojoLM(size_to_params(name, params, vocab_size=256, max_seq_len=max_len, **MODEL)).to(device)
 
 
+def _train_step(model, opt, ids):
+    """One forward + backward + AdamW step of `model` (a BMojoLM, or an HF model: no aux_loss) on ids (B, T + 1)."""
+    def step():
+        out = model(ids[:, :-1])
+        loss = F.cross_entropy(out.logits.flatten(0, 1), ids[:, 1:].flatten())
+        aux = getattr(out, "aux_loss", None)
+        (loss + (aux if aux is not None else 0)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def _spread(times) -> float:
+    """(slowest - fastest) / median of one measurement's rounds: how far this run's timings moved."""
+    return (max(times) - min(times)) / statistics.median(times)
+
+
 def train_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
-    """tokens/s of forward + backward + AdamW at T in (512, 2048, 8192), 8192 tokens per step."""
+    """tokens/s of forward + backward + AdamW at T in (512, 2048, 8192), 8192 tokens per step.  Every (preset, T)
+    is timed once per round, in turn, over ROUNDS rounds after a warm-up one (median), so that a slow spell of the
+    machine lands on every preset alike rather than on one: the ratios compare steps timed side by side."""
     lengths, tokens = ((128, 512), 1024) if quick else ((512, 2048, 8192), 8192)
-    rows = []
+    steps = {}
     for name in presets:
         model = _model(name, params, max(lengths), device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for T in lengths:
             ids = torch.randint(0, 256, (max(1, tokens // T), T + 1), generator=torch.Generator().manual_seed(T))
-            ids = ids.to(device)
-
-            def step():
-                out = model(ids[:, :-1])
-                loss = F.cross_entropy(out.logits.flatten(0, 1), ids[:, 1:].flatten())
-                (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            sec = timeit(step, repeats=3)
-            peak = peak_extra_bytes(step, device)
-            ops = op_calls(step)
-            rows.append({"preset": name, "T": T, "batch": ids.shape[0], "params": model.num_params(), "seconds": sec,
-                         "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak, "op_calls": ops})
-            log(f"  {name:12s} T={T:5d} B={ids.shape[0]:2d}: {ids[:, :-1].numel() / sec:8.0f} tok/s, step peak "
-                f"{(peak or 0) / 2**20:7.1f} MiB, {ops} op calls")
+            steps[name, T] = (_train_step(model, opt, ids.to(device)), model, ids)
+    times = {key: [] for key in steps}
+    for r in range(ROUNDS + 1):
+        for key, (step, _, _) in steps.items():
+            t = timeit(step, repeats=1, warmup=0)
+            if r:  # round 0 warms up
+                times[key].append(t)
+    rows = []
+    for (name, T), (step, model, ids) in steps.items():
+        sec = statistics.median(times[name, T])
+        peak = peak_extra_bytes(step, device)
+        ops = op_calls(step)
+        rows.append({"preset": name, "T": T, "batch": ids.shape[0], "params": model.num_params(), "seconds": sec,
+                     "tokens_per_s": ids[:, :-1].numel() / sec, "peak_step_bytes": peak, "op_calls": ops,
+                     "spread": _spread(times[name, T])})
+        log(f"  {name:12s} T={T:5d} B={ids.shape[0]:2d}: {ids[:, :-1].numel() / sec:8.0f} tok/s "
+            f"(rounds within {rows[-1]['spread']:.0%}), step peak {(peak or 0) / 2**20:7.1f} MiB, {ops} op calls")
     ratios = {}
     tps = {(r["preset"], r["T"]): r["tokens_per_s"] for r in rows}
     ops = {(r["preset"], r["T"]): r["op_calls"] for r in rows}
@@ -232,13 +254,7 @@ def _llama_rows(quick: bool, device, params: int, log) -> list[dict]:
     ids = torch.randint(0, 256, (B, T + 1), generator=torch.Generator().manual_seed(T)).to(device)
     steps, times = {}, {}
     for name, m in (("transformer, Llama layout", ours), ("HF LlamaForCausalLM (SDPA)", hf)):
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-
-        def step(m=m, opt=opt):
-            loss = F.cross_entropy(m(ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = _train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), ids)
         step()
         steps[name], times[name] = step, []
     for _ in range(2 if quick else 4):
@@ -255,13 +271,13 @@ def _llama_rows(quick: bool, device, params: int, log) -> list[dict]:
 
 @torch.no_grad()
 def decode_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000_000, log=print) -> dict:
-    """Per-token decode latency after a prefill of each context length.  The contexts are timed in interleaved
-    rounds (8 steps each, 6 rounds, median), so a slow spell of the machine does not land on one context."""
+    """Per-token decode latency after a prefill of each context length.  Every (preset, context) is timed in
+    interleaved rounds (8 steps each, 6 rounds, the first a warm-up; median), so a slow spell of the machine lands
+    on every preset and context alike."""
     contexts = (256, 1024) if quick else (1024, 8192, 32768)
-    rows = []
+    models, states, prefill, tok = {}, {}, {}, {}
     for name in presets:
-        model = _model(name, params, max(contexts) + 64, device).eval()
-        states, prefill, tok = {}, {}, {}
+        model = models[name] = _model(name, params, max(contexts) + 64, device).eval()
         for ctx in contexts:
             ids = torch.randint(0, 256, (1, ctx), generator=torch.Generator().manual_seed(ctx)).to(device)
             if torch.device(device).type == "cuda":  # compile the first segment's kernels outside the timing
@@ -272,23 +288,25 @@ def decode_suite(quick: bool, device="cpu", presets=PRESETS, params: int = 1_000
             for s in range(0, ctx, 4096):  # prefill in segments (bounded memory for every preset)
                 state = model(ids[:, s:s + 4096], state, return_state=True).state
             sync()
-            prefill[ctx], states[ctx], tok[ctx] = time.perf_counter() - t0, state, ids[:, -1]
-        times = {ctx: [] for ctx in contexts}
-        for _ in range(6):
-            for ctx in contexts:
-                for _ in range(8):
-                    t = time.perf_counter()
-                    logits, states[ctx] = model.step(tok[ctx], states[ctx])
-                    sync()
-                    times[ctx].append(time.perf_counter() - t)
-                    tok[ctx] = logits.argmax(-1)
-        for ctx in contexts:
-            lat = sorted(times[ctx][8:])[len(times[ctx][8:]) // 2]  # the first round warms up
-            nbytes = states[ctx].nbytes()
-            rows.append({"preset": name, "context": ctx, "latency_s": lat, "state_bytes": nbytes,
-                         "prefill_tokens_per_s": ctx / prefill[ctx]})
-            log(f"  {name:12s} context {ctx:6d}: {lat * 1e3:7.2f} ms/token, state {nbytes:>12,} bytes, "
-                f"prefill {ctx / prefill[ctx]:8.0f} tok/s")
+            prefill[name, ctx], states[name, ctx], tok[name, ctx] = time.perf_counter() - t0, state, ids[:, -1]
+    times = {key: [] for key in states}
+    for r in range(6):
+        for (name, ctx) in states:
+            for _ in range(8):
+                t = time.perf_counter()
+                logits, states[name, ctx] = models[name].step(tok[name, ctx], states[name, ctx])
+                sync()
+                if r:  # the first round warms up
+                    times[name, ctx].append(time.perf_counter() - t)
+                tok[name, ctx] = logits.argmax(-1)
+    rows = []
+    for (name, ctx), t in times.items():
+        lat = statistics.median(t)
+        nbytes = states[name, ctx].nbytes()
+        rows.append({"preset": name, "context": ctx, "latency_s": lat, "state_bytes": nbytes,
+                     "prefill_tokens_per_s": ctx / prefill[name, ctx]})
+        log(f"  {name:12s} context {ctx:6d}: {lat * 1e3:7.2f} ms/token, state {nbytes:>12,} bytes, "
+            f"prefill {ctx / prefill[name, ctx]:8.0f} tok/s")
     ratios = {}
     lo, hi = min(contexts), max(contexts)
     lat = {(r["preset"], r["context"]): r for r in rows}
