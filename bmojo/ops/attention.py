@@ -229,9 +229,9 @@ def causal_attention(q, k, v, k_start=0, scale=None):
     """Full causal attention (the `A` layer): q (B, T, H, Dh) at positions k_start+Tk-T ..; k, v (B, Tk, Hk, Dh)
     hold every key from position k_start = 0.  Uses SDPA."""
     T, Tk, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
-    qh = q.transpose(1, 2)
-    kh = k.transpose(1, 2).repeat_interleave(H // Hk, dim=1)
-    vh = v.transpose(1, 2).repeat_interleave(H // Hk, dim=1)
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if H != Hk:  # grouped-query heads: each kv head serves H // Hk query heads (no copy when they are equal)
+        kh, vh = kh.repeat_interleave(H // Hk, dim=1), vh.repeat_interleave(H // Hk, dim=1)
     if Tk == T:
         o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
     else:  # queries are the last T of Tk positions
