@@ -22,7 +22,6 @@ import logging
 import torch
 
 log = logging.getLogger("bmojo")
-MIN_LEN = 128  # shorter sequences (and decode steps) are not worth a compiled kernel
 MIN_HEAD_DIM = 16  # the compiled kernel's smallest head dimension
 RECOMPILES = 64  # one compiled kernel per (batch, length, heads, key sets): more than dynamo's default of 8
 
@@ -49,9 +48,10 @@ def available() -> bool:
 def eligible(q, k, *, q_start=0, k_start=0, fk=None, f_start=0, v=None) -> bool:
     """Whether the flex path computes this call: a whole sequence from position 0 on a CUDA device."""
     T = q.shape[1]
-    whole = q_start == 0 and k_start == 0 and k.shape[1] == T and (fk is None or (f_start == 0 and fk.shape[1] == T))
+    whole = T > 0 and q_start == 0 and k_start == 0 and k.shape[1] == T and (fk is None or (f_start == 0 and
+                                                                                          fk.shape[1] == T))
     dims = q.shape[-1] >= MIN_HEAD_DIM and (v is None or v.shape[-1] == q.shape[-1])
-    return q.is_cuda and T >= MIN_LEN and whole and dims and available()
+    return q.is_cuda and whole and dims and available()  # any length: the backend does not choose by length
 
 
 def _band_mask(T: int, W: int, C: int, nm: int, M: int, fading: bool, mem_pos):

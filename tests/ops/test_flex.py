@@ -66,7 +66,7 @@ def test_fused_dispatch_keeps_cpu_and_continuations_on_the_chunked_path(monkeypa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("T", [128, 300])
+@pytest.mark.parametrize("T", [40, 128, 300])  # shorter than one 128 x 128 tile, one tile, a partial third
 def test_flex_on_cuda_matches_chunked_forward_and_backward(T):
     W, C, M = 32, 16, 8
     t, kw = _inputs(T, W, C, 0, M, seeded(T), H=4, Hk=2, Dh=16)
