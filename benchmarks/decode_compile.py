@@ -44,7 +44,7 @@ ROUNDS, STEPS = 8, 16  # timed rounds (after a warm-up one) of STEPS tokens per 
 
 
 @torch.no_grad()
-def prepare(name: str, compiled: bool) -> tuple[dict, dict]:
+def prepare(name: str, compiled: bool, inductor_options=None) -> tuple[dict, dict]:
     """The preset's row so far (aten calls; compile time and graphs) and its steps to time:
     {mode: (step, state, token)}."""
     m = _model(name, 1_000_000, 2048, "cpu").eval()
@@ -62,7 +62,7 @@ def prepare(name: str, compiled: bool) -> tuple[dict, dict]:
     steps = {"eager": (m.step, state, tok)}
     if compiled:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        step, state = compile_step(m), runs["compiled"]
+        step, state = compile_step(m, inductor_options=inductor_options), runs["compiled"]
         t = time.perf_counter()
         for _ in range(160):
             step(tok, state)
@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="mamba,transformer,bmojo", help="(default: %(default)s)")
     ap.add_argument("--no-compile", action="store_true", help="count calls and time the eager step only")
+    ap.add_argument("--inductor-defaults", action="store_true",
+                    help="compile with inductor's default settings instead of compile_step's (to see what they fix)")
     ap.add_argument("--out", default="benchmarks/results/decode_compile.json", help="(default: %(default)s)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
     rows, steps = {}, {}
     with torch._dynamo.config.patch(recompile_limit=64):  # every preset's graphs share model.step's code object
         for p in presets:
-            rows[p], runs = prepare(p, not a.no_compile)
+            rows[p], runs = prepare(p, not a.no_compile, {} if a.inductor_defaults else None)
             steps.update({(p, mode): run for mode, run in runs.items()})
         times = time_rounds(steps)
     for (p, mode), t in times.items():
