@@ -46,10 +46,14 @@ def ring_from_stream(stream: torch.Tensor, stream_start: int, end: int, span: in
     return buf
 
 
-def ring_write(buf: torch.Tensor, slot: int, value: torch.Tensor) -> None:
-    """buf[:, slot] = value, through `select`: a compiled decode step then treats the slot as a symbol, where an
-    integer subscript makes torch.compile specialise (and recompile) on its value."""
-    buf.select(1, slot).copy_(value)
+def ring_write(buf: torch.Tensor, slot: int, value: torch.Tensor | int) -> None:
+    """buf[:, slot] = value (a tensor, or one integer for every row), through `select`: a compiled decode step then
+    treats the slot as a symbol, where an integer subscript makes torch.compile specialise (and recompile) on it."""
+    row = buf.select(1, slot)
+    if isinstance(value, torch.Tensor):
+        row.copy_(value)
+    else:
+        row.fill_(value)
 
 
 def ring_positions(end: int, span: int, device) -> torch.Tensor:

@@ -343,7 +343,7 @@ class BMojoMixer(Attention):
                 self._merge_step(state, score)
             else:
                 ring_write(state.mem.pend_score, n, score)
-                state.mem.pend_pos.select(1, n).fill_(i)
+                ring_write(state.mem.pend_pos, n, i)
         state.pos += 1
         return y, state
 
@@ -373,7 +373,7 @@ class BMojoMixer(Attention):
         mem, M, B, C = state.mem, self.memory_size, state.k.shape[0], self.chunk
         dev = mem.k.device
         slots = mem.pend_pos % self.window  # (B, C) ring slots of the chunk's tokens (the last one just written)
-        slots.select(1, C - 1).fill_(state.pos % self.window)
+        ring_write(slots, C - 1, state.pos % self.window)
         cand_k, cand_v = gather_rows(state.k, slots), gather_rows(state.v, slots)
         if self.gate is not None and mem.gate is None:  # gate_read="value"
             cand_v = cand_v * torch.sigmoid(mem.pend_gate)[..., None, None].to(cand_v.dtype)
