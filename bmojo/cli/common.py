@@ -69,3 +69,20 @@ def dataclass_from_args(cls, args: argparse.Namespace, defaults: dict | None = N
             except ValueError as e:
                 raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
     return cls(**{**kw, **fixed})
+
+
+def number_list(text: str, cast, flag: str, ok=lambda v: True, what: str = "numbers") -> tuple:
+    """'1,2,4' -> (1, 2, 4) with `cast`; '' -> ().  A value that does not parse or fails `ok` is a ConfigError naming
+    the flag, the value and what is allowed."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = cast(item)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise ConfigError(f"{flag}: {item!r} is not allowed; expected comma-separated {what}")
+        out.append(value)
+    return tuple(out)

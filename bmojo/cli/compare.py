@@ -3,14 +3,14 @@
 With no arguments it runs the built-in comparison, which asks what B'MOJO's memory buys at a bounded state: all
 six presets on MQAR with every queried pair beyond the window, trained once at 64 tokens, then evaluated at 1x,
 4x and 16x that length (the pairs stay at the start, the queries move to the end), printing accuracy and
-decode-state bytes per length and plotting them.  It finishes in about 15 minutes on a 2-core CPU."""
+decode-state bytes per length and plotting them.  It finishes in about 9 minutes on a 2-core CPU."""
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import fields
 
-from bmojo.cli.common import model_overrides, parse_value
+from bmojo.cli.common import model_overrides, number_list, parse_value
 from bmojo.config import ConfigError
 from bmojo.data.synthetic import TASKS
 from bmojo.eval.compare import CompareSpec, RunSpec, run_compare
@@ -56,7 +56,7 @@ def _task_help(per_task: list) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="train presets on a recall task at matched size and compare (~15 min)",
+    p = sub.add_parser("compare", help="train presets on a recall task at matched size and compare (~9 min)",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--presets", default=",".join(ALL), help=f"comma-separated presets from {sorted(PRESETS)}")
     p.add_argument("--task", default="mqar", choices=sorted(TASKS), help="synthetic task")
@@ -67,6 +67,11 @@ def add_parser(sub) -> None:
                    "(6e-3 beats 3e-3 for both the Transformer and B'MOJO here: "
                    "benchmarks/results/selection_ablation)")
     p.add_argument("--target-acc", type=float, default=0.995, help="stop a run once eval accuracy reaches this")
+    p.add_argument("--plateau", type=float, default=None, help="train each run until its eval accuracy plateaus: "
+                   "stop once the best accuracy of the last quarter of its steps is at most this much above the best "
+                   "before it (e.g. 0.01), with --steps as the cap; off by default (a fixed budget)")
+    p.add_argument("--plateau-min-steps", type=int, default=2000, help="with --plateau: the rule is first checked "
+                   "at this step (Mamba sits at chance for ~1,500 steps on the main job's task before it learns)")
     p.add_argument("--eval-examples", type=int, default=512, help="held-out sequences for evaluation")
     p.add_argument("--length-factors", default="4,16", help="also evaluate at these multiples of seq_len (with mqar "
                    "the pairs stay at the start and the queries move to the end); '' for none")
@@ -84,6 +89,8 @@ def add_parser(sub) -> None:
                    "layer (bmojo-paper: the innovation test, no gate, no SSM residual) instead of with the learned "
                    f"selection {BMOJO_RECALL}")
     p.add_argument("--seed", type=int, default=0, help="seed of init and data (the same for every run)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2: every run once per seed, the table "
+                   "shows the median (and the min) over seeds; overrides --seed")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel training processes (one torch thread each)")
     p.add_argument("--out", default="runs/compare", help="folder for results.json, results.png and checkpoints")
@@ -110,6 +117,12 @@ def build_spec(args) -> CompareSpec:
     T = task_opts.get("seq_len", getattr(cls(), "seq_len"))
     recipe = {**BMOJO_RECALL, "train_memory_size": T} if not args.paper_bmojo else dict(PRESETS["bmojo-paper"])
     recipe = {**recipe, **user}  # the user's overrides win over the recipe too
+    for flag, v in (("--eval-examples", args.eval_examples), ("--workers", args.workers), ("--steps", args.steps),
+                    ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise ConfigError(f"{flag}={v}: must be a positive integer")
+    if args.plateau is not None and not 0 <= args.plateau < 1:
+        raise ConfigError(f"--plateau={args.plateau}: must be in [0, 1)")
     presets = [p for p in args.presets.split(",") if p]
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:
@@ -124,11 +137,18 @@ def build_spec(args) -> CompareSpec:
         runs.append(RunSpec(f"swa[W={w}]", "swa", {"window": w, "chunk": None}))
     for n in [int(n) for n in sweeps["d_states"].split(",") if n]:
         runs.append(RunSpec(f"mamba[N={n}]", "mamba", {"d_state": n}))
-    lrs = tuple(float(x) for x in args.sweep.split(",") if x)
-    factors = tuple(int(x) for x in args.length_factors.split(",") if x)
+    if not runs:
+        raise ConfigError("--presets '': nothing to compare; name presets, or a sweep (--selectors, --memory-sizes, "
+                          "--windows, --d-states, --frontier)")
+    lrs = number_list(args.sweep, float, "--sweep", lambda v: v > 0, "positive learning rates")
+    if not lrs:
+        raise ConfigError("--sweep: give at least one learning rate")
+    factors = number_list(args.length_factors, int, "--length-factors", lambda v: v >= 1, "integers >= 1")
+    seeds = number_list(args.seeds, int, "--seeds", lambda v: v >= 0, "integers >= 0")
     return CompareSpec(runs=runs, task=args.task, task_options=task_opts, model=model, params=args.params,
                        steps=args.steps, batch_size=args.batch_size, lrs=lrs, eval_examples=args.eval_examples,
-                       target_acc=args.target_acc, length_factors=factors, seed=args.seed, workers=args.workers,
+                       target_acc=args.target_acc, plateau=args.plateau, plateau_min_steps=args.plateau_min_steps,
+                       length_factors=factors, seed=args.seed, seeds=seeds, workers=args.workers,
                        out=args.out, overwrite=args.overwrite)
 
 

@@ -30,11 +30,11 @@ def add_parser(sub) -> None:
 
 def add_corpus_args(p) -> None:
     p.add_argument("--corpus", default="stdlib", help="stdlib, shakespeare, a text file or folder, or a prepared "
-                   "corpus folder")
+                   "corpus folder (default: stdlib)")
     p.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"], help="byte level (vocab 256) or a "
-                   "byte-level BPE trained on the training split")
-    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
-    p.add_argument("--data", default=DEFAULT_ROOT, help="root folder of prepared corpora")
+                   "byte-level BPE trained on the training split (default: byte)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    p.add_argument("--data", default=DEFAULT_ROOT, help=f"root folder of prepared corpora (default: {DEFAULT_ROOT})")
 
 
 def run_prepare(args) -> int:

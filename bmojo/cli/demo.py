@@ -38,7 +38,11 @@ def run(args) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if not args.prompt:
         raise ConfigError("--prompt: must be a non-empty text (the model continues it)")
-    claim_run_folder(args.out, args.overwrite)  # before the run, not after it
+    try:
+        claim_run_folder(args.out, args.overwrite)  # before the run, not after it
+    except ConfigError:
+        raise ConfigError(f"{args.out} already holds a demo run; pass --overwrite to train it again, or choose "
+                          "another --out") from None
     text = zen_of_python()
     tokens = encode_bytes(text)
     torch.manual_seed(args.seed)

@@ -15,13 +15,14 @@ import math
 import sys
 from pathlib import Path
 
+from bmojo.cli.common import number_list
 from bmojo.config import ConfigError
 from bmojo.cli.memory import add_store_args, open_store
 from bmojo.data.text.corpus import TokenCorpus
 from bmojo.eval.compare import render_table
 from bmojo.eval.ppl import eval_regions, length_eval, plot_position_loss
-from bmojo.memory import clear
-from bmojo.train.checkpoint import load_checkpoint
+from bmojo.memory import clear, store_files
+from bmojo.train.checkpoint import load_checkpoint, load_lm_checkpoint
 
 
 def add_parser(sub) -> None:
@@ -71,10 +72,16 @@ def run_harness(args) -> int:
     if args.include_path is not None and not Path(args.include_path).is_dir():
         raise ConfigError(f"--include-path {args.include_path}: not a folder")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    res = evaluate(args.checkpoint, tasks, include_path=args.include_path, limit=limit,
-                   num_fewshot=args.num_fewshot, batch_size=args.batch_size)
-    print(make_table(res))
+    load_lm_checkpoint(args.checkpoint)  # a checkpoint without a tokenizer, or damaged: said before lm-eval starts
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "harness.json"
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; name the results JSON file")
+    try:
+        res = evaluate(args.checkpoint, tasks, include_path=args.include_path, limit=limit,
+                       num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(make_table(res))
     out.write_text(json.dumps({k: res[k] for k in ("results", "versions", "n-shot", "config") if k in res},
                               indent=1, default=str))
     print(f"wrote {out}")
@@ -82,6 +89,20 @@ def run_harness(args) -> int:
 
 
 def run_ppl(args) -> int:
+    factors = number_list(args.factors, int, "--factors", lambda v: v >= 1, "integers >= 1 (multiples of the "
+                          "training length)")
+    for flag, v in (("--context", args.context), ("--segment", args.segment), ("--regions", args.regions)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{flag}={v}: must be a positive integer")
+    if not factors and args.context is None:
+        raise ConfigError("--factors: give at least one factor (or --context)")
+    out_arg = Path(args.out) if args.out else None
+    if out_arg is not None and out_arg.exists() and not out_arg.is_dir():
+        raise ConfigError(f"--out {out_arg}: is a file; name a folder for eval.json and the plot")
+    if args.storage and Path(args.storage).is_dir() and store_files(Path(args.storage))[1]:
+        other = ", ".join(p.name for p in store_files(Path(args.storage))[1])
+        raise ConfigError(f"--storage {args.storage}: holds files that are not the store's ({other}); eval ppl "
+                          "replaces its store for every window, so it needs a folder of its own")
     if args.storage and Path(args.storage).exists() and any(Path(args.storage).iterdir()) \
             and not args.overwrite_storage:
         raise ConfigError(f"--storage {args.storage}: the folder is not empty (a store `generate` built, with its "
@@ -91,13 +112,13 @@ def run_ppl(args) -> int:
     if "tokenizer" not in meta or "lm" not in meta:
         raise ConfigError(f"{args.checkpoint}: not a language-model checkpoint (trained on a synthetic task?)")
     corpus = TokenCorpus(args.corpus or meta["corpus"]["folder"])
+    if Path(corpus.folder).resolve() == Path(meta["corpus"]["folder"]).resolve():  # the run's own corpus
+        corpus.check_digest(meta["corpus"].get("digest"), f"the checkpoint {args.checkpoint}")
     if corpus.manifest["tokenizer"] != meta["tokenizer"]:
         raise ConfigError(f"{corpus.folder}: tokenizer {corpus.manifest['tokenizer']} differs from the checkpoint's "
                           f"{meta['tokenizer']}")
     T = meta["lm"]["seq_len"]
-    lengths = [args.context] if args.context else [T * int(k) for k in args.factors.split(",") if k]
-    if any(L < 1 for L in lengths):
-        raise ConfigError(f"context lengths must be positive, got {lengths}")
+    lengths = [args.context] if args.context is not None else [T * k for k in factors]
     span = math.lcm(*lengths)
     regions = eval_regions(corpus.split_documents(args.split), span, args.regions)
     print(f"eval ppl: {meta['lm']['preset']} (trained at {T} tokens) on {corpus.folder} {args.split}: "

@@ -12,11 +12,13 @@ import sys
 import torch
 
 from bmojo.config import ConfigError
-from bmojo.cli.memory import add_store_args, open_store
+from bmojo.cli.memory import add_store_args, report_recovery, store_config
 from bmojo.inference import compile_step, generate
 from bmojo.inference.sampling import check_sampling
-from bmojo.memory.session import load_session, save_session
+from bmojo.memory.session import check_session, load_session, save_session
+from bmojo.memory.store import Store
 from bmojo.train.checkpoint import load_lm_checkpoint
+from bmojo.utils.interrupt import StopOnCtrlC
 
 
 def add_parser(sub) -> None:
@@ -90,12 +92,15 @@ def run(args) -> int:
         raise ConfigError("--compile with --storage: the long-term store's reads and writes are not compiled; "
                           "drop one of them")
     prompt = read_prompt(args)
-    model, _, tok = load_lm_checkpoint(args.checkpoint)
+    model, meta, tok = load_lm_checkpoint(args.checkpoint)
     ids = tok.encode(prompt).tolist()
     store = state = None
+    weights = meta["weights_sha256"]
     if args.storage:
-        store = open_store(args, model)
-        state = load_session(store, model)
+        check_session(args.storage, model, weights)  # another model's session: refused before the store is touched
+        store = Store.for_model(args.storage, model, rows=1, cfg=store_config(args))
+        state = load_session(store, model, weights=weights)
+        report_recovery(store)  # what an unfinished earlier call left is reported, with where it was kept
         if state.pos:
             print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
     stream = StreamDecoder(tok, ids)
@@ -105,12 +110,15 @@ def run(args) -> int:
         print("[compiling the decode step: the first tokens wait for it]", file=sys.stderr)
         step = compile_step(model)
     try:
-        _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, callback=lambda t: stream.push(t[0]),
-                            state=state, return_state=True, step=step)
+        with StopOnCtrlC(True, "ending after this token" + (" and saving the session" if store else "")) \
+                as ctrl_c:  # a first Ctrl-C ends generation after the current token
+            _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                callback=lambda t: stream.push(t[0]) or ctrl_c.requested,
+                                state=state, return_state=True, step=step)
         stream.finish()
         if store is not None:
-            save_session(store, state)
+            save_session(store, state, weights)
             info = store.info()
             print(f"[store {args.storage}: {sum(info['entries'].values())} entries, {info['disk_bytes'] / 2**20:.2f} "
                   f"MiB on disk, index {info['index_bytes'] / 2**20:.2f} MiB in RAM; session at {state.pos} tokens]",
@@ -118,4 +126,9 @@ def run(args) -> int:
     finally:
         if store is not None:
             store.close()
+    if ctrl_c.requested:
+        print(f"[stopped by Ctrl-C after {len(stream.ids) - stream.start} new tokens"
+              + ("; the session is saved and the next call continues it]" if store is not None else "]"),
+              file=sys.stderr)
+        return 130
     return 0

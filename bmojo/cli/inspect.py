@@ -6,7 +6,7 @@ long-term store, and, for every query, the share of its attention that went to t
 the eidetic tokens and, with --with-store, a long-term store (a scratch one is attached for the read; without it
 the model runs as it is, with no store).
 
-A checkpoint trained on a synthetic task (`bmojo compare`, `bmojo train --task`) is read on one sequence of that
+A checkpoint trained on a synthetic task (`bmojo compare`) is read on one sequence of that
 task (`--example SEED`): tokens are labelled by role (mqar: K/V pairs, ? queries, . filler) and the summary says how
 many of the tokens the task needs the memory kept."""
 from __future__ import annotations
@@ -41,6 +41,8 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens={args.max_tokens}: must be >= 1")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: is a file; name a folder for inspect.html, .png and .json")
     if args.example is not None:
         model, meta = load_checkpoint(args.checkpoint)
         if "task" not in meta:

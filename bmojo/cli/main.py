@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from bmojo.utils.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+    if args.threads is not None and args.threads < 1:
+        print(f"bmojo {args.command}: error: --threads {args.threads}: must be a positive integer", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     from bmojo.config import ConfigError

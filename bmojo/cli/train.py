@@ -74,6 +74,9 @@ def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     pick = {k: getattr(args, k) if getattr(args, k) is not None else file_run.get(k, getattr(LMSpec, k))
             for k in ("preset", "seq_len", "params")}
     spec = LMSpec(pick["preset"], pick["seq_len"], pick["params"], {**file_model, **model_overrides(args.model_opt)})
+    if "vocab_size" in spec.model:
+        raise ConfigError(f"--model-opt vocab_size={spec.model['vocab_size']}: a text run's vocabulary is its "
+                          "tokenizer's (--tokenizer, --vocab-size); leave it out")
     try:
         tcfg = dataclass_from_args(TrainConfig, args, {**TRAIN_DEFAULTS, **file_train})
     except ConfigError as e:
@@ -112,12 +115,17 @@ def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
 
 
 def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int) -> list[str]:
-    """Settings that run but are probably not what was meant."""
+    """Settings that run but are probably not what was meant (a size that cannot be built is an error)."""
+    from bmojo.config import ConfigError
     from bmojo.models import count_params
     from bmojo.train.lm import model_config
 
     out = []
     n = count_params(model_config(spec, vocab_size))
+    if not spec.params / 2 <= n <= 2 * spec.params:
+        raise ConfigError(f"--params {spec.params:,}: the nearest {spec.preset} model of this shape has {n:,} "
+                          "parameters (its embeddings and fixed layers set a floor); ask for a size within 2x of "
+                          "what it can build, or change the shape with --model-opt")
     if abs(n - spec.params) > 0.25 * spec.params:
         out.append(f"--params {spec.params:,} gives {n:,} parameters: the nearest {spec.preset} model of this "
                    "shape (its embeddings and fixed layers set a floor)")
@@ -135,6 +143,8 @@ def run(args) -> int:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace it)")
     if args.resume and args.out is None:
         raise ConfigError("--resume: name the run folder with --out")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: is a file; name a run folder")
     if args.resume:
         spec, tcfg, folder = _spec_from_checkpoint(args, Path(args.out))
     else:

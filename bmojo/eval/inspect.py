@@ -52,10 +52,16 @@ def report(model, ids: torch.Tensor, token_text: list[str], store_cfg=None, with
                 if store is not None and i in store.layers:
                     ix = store.layer(i).index[0]
                     in_store[ix.pos[:ix.n]] = True
+                final = torch.zeros(T, dtype=torch.bool)  # held by the memory after the last token
+                mem = getattr(out.state.layers[i], "mem", None)
+                if mem is not None:
+                    p = mem.pos[0]
+                    final[p[(p >= 0) & (p < T)].cpu()] = True
                 shares = {name: tr["shares"].get(name, torch.zeros(1, T))[0].cpu().tolist() for name in SHARES}
                 layers.append({"index": i, "kind": model.cfg.layer_kind(i),
                                "scores": tr["scores"][0].cpu().tolist() if tr["scores"] is not None else None,
-                               "in_memory": in_mem.tolist(), "in_store": in_store.tolist(), "shares": shares})
+                               "in_memory": in_mem.tolist(), "in_final_memory": final.tolist(),
+                               "in_store": in_store.tolist(), "shares": shares})
             if store is not None:
                 store.close()
     finally:
@@ -95,12 +101,16 @@ def task_example(task: str, options: dict, seed: int = 0):
 
 
 def kept_summary(rep: dict, keep: list[int]) -> list[str]:
-    """One line per layer: how many of the positions the task needs the eidetic memory held."""
+    """One line per layer: how many of the positions the task needs the eidetic memory holds after the last token
+    (what the answers can read), beside how many it held at some update."""
     lines = []
     for L in rep["layers"]:
-        held = [p for p in keep if L["in_memory"][p]]
-        lines.append(f"layer {L['index']} ({L['kind']}): at some update the memory held {len(held)} of the "
-                     f"{len(keep)} tokens the task needs remembered, and {sum(L['in_memory']) - len(held)} others")
+        final = L.get("in_final_memory", L["in_memory"])
+        held = [p for p in keep if final[p]]
+        ever = sum(1 for p in keep if L["in_memory"][p])
+        lines.append(f"layer {L['index']} ({L['kind']}): after the last token the memory holds {len(held)} of the "
+                     f"{len(keep)} tokens the task needs remembered (and {sum(final) - len(held)} others); "
+                     f"{ever} of them were in it at some update")
     return lines
 
 

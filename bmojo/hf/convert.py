@@ -149,6 +149,8 @@ def convert_state(hf: dict, tensors: dict[str, torch.Tensor], window: int | str 
     """(ModelConfig, bmojo state dict) from an HF config and its tensors.  window: for Mistral, "auto" takes
     the config's sliding_window (swa preset; none -> transformer), None forces full attention."""
     arch = hf.get("model_type")
+    if arch == "bmojo":  # bmojo's own export (BMojoForCausalLM): its config and names are bmojo's, under "model."
+        return _bmojo_state(hf, tensors)
     if arch not in SUPPORTED:
         names = hf.get("architectures") or []
         raise CheckpointError(f"unsupported architecture: model_type={arch!r} {names}; bmojo converts "
@@ -198,6 +200,27 @@ def convert_state(hf: dict, tensors: dict[str, torch.Tensor], window: int | str 
                               + (f" and {len(left) - 5} more" if len(left) > 5 else ""))
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
+    return cfg, state
+
+
+def _bmojo_state(hf: dict, tensors: dict[str, torch.Tensor]):
+    """(ModelConfig, state dict) of a `bmojo export` folder: the round trip back to a bmojo checkpoint."""
+    from bmojo.models.lm import BMojoLM
+
+    try:
+        cfg = ModelConfig.from_dict(hf.get("bmojo") or {})
+    except ConfigError as e:
+        raise CheckpointError(f"bmojo config.json: its `bmojo` field is not a valid bmojo config: {e}") from None
+    state = {k.removeprefix("model."): v.to(torch.float32) for k, v in tensors.items()}
+    with torch.device("meta"):
+        want = BMojoLM(cfg).state_dict()
+    if cfg.tie_embeddings and "lm_head.weight" not in state and "embed.weight" in state:
+        state["lm_head.weight"] = state["embed.weight"]
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    bad = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or extra or bad:
+        raise CheckpointError(f"bmojo export: tensors missing {missing[:5]}, unexpected {extra[:5]}, misshapen "
+                              f"{bad[:5]}")
     return cfg, state
 
 

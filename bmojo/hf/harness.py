@@ -36,6 +36,10 @@ def evaluate(checkpoint: str | Path, tasks: list[str], *, include_path: str | Pa
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path)) if include_path is not None else TaskManager()
+    unknown = sorted(set(tasks) - set(manager.all_tasks))
+    if unknown:  # before the model is loaded or a document read
+        raise ValueError(f"--tasks: unknown lm-eval task(s) {unknown}; `lm-eval ls tasks` lists them (or give "
+                         "--include-path for your own)")
     return simple_evaluate(model=harness_model(checkpoint, batch_size, device), tasks=list(tasks),
                            task_manager=manager, limit=limit, num_fewshot=num_fewshot,
                            bootstrap_iters=bootstrap_iters, log_samples=False)

@@ -17,7 +17,8 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
 
     temperature 0 is greedy; otherwise tokens are sampled (top_k / top_p filters) from a generator seeded
     with `seed`.  Generation stops early once every sequence has produced `stop_token` (sequences that
-    stopped keep emitting `stop_token`).  `callback(tokens (B,))` is called for every new token.
+    stopped keep emitting `stop_token`).  `callback(tokens (B,))` is called for every new token; when it returns
+True generation ends after that token (e.g. on Ctrl-C), with the returned state covering it.
     `capacity` sizes full-attention caches (default: prompt + max_new_tokens).  `state` continues a stream from
     an earlier decode state (for example a reloaded session with its long-term store, bmojo.memory.session);
     `return_state` also returns the state after every returned token (the last one fed to the model too).
@@ -48,9 +49,8 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
             nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
             done |= nxt == stop_token
         tokens.append(nxt[:, None])
-        if callback is not None:
-            callback(nxt)
-        if bool(done.all()) or n == max_new_tokens - 1:
+        halt = bool(callback(nxt)) if callback is not None else False
+        if halt or bool(done.all()) or n == max_new_tokens - 1:
             break
         logits, state = step(nxt, state)
     if return_state and len(tokens) > 1:  # the state covers every token returned, the last one too

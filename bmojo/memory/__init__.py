@@ -1,7 +1,7 @@
 """The long-term, in-storage memory of B'MOJO layers (DESIGN section 5): bmojo.memory.store (the live
 store) and bmojo.memory.disk (its format and recovery)."""
 from bmojo.memory.index import LayerIndex, ann_available
-from bmojo.memory.disk import clear, describe
+from bmojo.memory.disk import clear, describe, store_files, verify
 from bmojo.memory.store import LayerStore, Store, StoreConfig, StoreError
 
-__all__ = ["LayerIndex", "LayerStore", "Store", "StoreConfig", "StoreError", "ann_available", "clear", "describe"]
+__all__ = ["LayerIndex", "LayerStore", "Store", "StoreConfig", "StoreError", "ann_available", "clear", "describe", "store_files", "verify"]

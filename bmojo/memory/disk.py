@@ -14,11 +14,13 @@ A store is one folder:
                    commit whose count is not above the layer's previous one is a cut (Store.truncate, or a
                    recovery), and its data CRC covers all the layer's records.
 Recovery (on every open) cuts each layer to its last commit and verifies every committed record against its
-commit's CRC (the record's own CRC names which one): a record corrupted on disk is reported and dropped with
-everything after it in its layer, never served.
+commit's CRC (the record's own CRC names which one): a record corrupted on disk is reported and dropped, the
+intact records around it kept, and nothing is ever served from a bad record.  Every byte recovery takes out is
+first copied under dropped/ in the folder, so nothing is lost to it.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zlib
@@ -85,12 +87,81 @@ def check_spec(folder: Path, have: dict, want: dict) -> None:
                              "new folder or clear this one)")
 
 
-def recover(folder: Path, spec: dict) -> tuple[dict[int, int], list[dict]]:
-    """Per layer, the entry count of its last valid commit, with every committed record verified: truncates what
-    lies past the last commit (and a torn or corrupt commit record and all after it), drops a layer's records
-    from the first one that fails its CRC, and reports each drop."""
+DROPPED = "dropped"  # recovery moves every byte it takes out of the store here, never deleting it
+
+
+def recover(folder: Path, spec: dict, apply: bool = True) -> tuple[dict[int, int], list[dict]]:
+    """Per layer, the entry count left after recovery, with every committed record verified, and a report of each
+    drop.  Dropped: the bytes past a layer's last commit (the write in flight at a crash), a torn or corrupt commit
+    record and all after it, every record that fails its CRC, and every record of a commit whose records pass their
+    own CRCs but not the commit's (one record copied over another).  Intact records after a bad one are kept.
+    With `apply` each drop is first copied under `dropped/` in the folder (named in the report), then the layer
+    file is rewritten with what is kept and the cut committed; without it nothing is written (`verify`)."""
     log = folder / "commits.log"
     raw = log.read_bytes() if log.exists() else b""
+    committed, segments, good = _read_commits(raw, spec)
+    report, aside = [], []
+    if good < len(raw):
+        report.append({"file": log.name, "dropped_bytes": len(raw) - good,
+                       "reason": "a commit record torn or failing its CRC (and any after it)"})
+        aside.append((log.name, raw[good:]))
+    rewrites = {}
+    for key, d in spec["layers"].items():
+        layer, path = int(key), folder / f"layer{key}.bin"
+        size = record_dtype(d["kv_heads"], d["head_dim"], spec["dtype"]).itemsize
+        data = path.read_bytes() if path.exists() else b""
+        n, segs = committed.get(layer, 0), segments.get(layer, [])
+        short = len(data) < n * size
+        if short:  # cut short outside bmojo: keep the whole records there are, checked one by one
+            whole = len(data) // size
+            report.append({"file": path.name, "layer": layer, "dropped_entries": n - whole,
+                           "reason": f"the file ends inside record {whole} (of {n} committed): cut short outside "
+                                     "bmojo"})
+            segs = [(a, min(b, whole), crc if b <= whole else "own") for a, b, crc in segs if a < whole]
+            aside.append((f"{path.name}.partial", data[whole * size:]))
+            n = whole
+        elif len(data) > n * size:
+            report.append({"file": path.name, "layer": layer, "dropped_entries": -(-(len(data) - n * size) // size),
+                           "dropped_bytes": len(data) - n * size, "reason": "the write in flight at a crash"})
+            aside.append((f"{path.name}.uncommitted", data[n * size:]))
+        bad = _corrupt_records(data, size, segs)
+        if bad:
+            report.append({"file": path.name, "layer": layer, "dropped_entries": len(bad), "records": bad,
+                           "reason": f"record(s) {_ranges(bad)} of {path.name} fail their CRC or their commit's: "
+                                     f"corrupted on disk; dropped, the {n - len(bad)} intact records kept"})
+            aside.append((f"{path.name}.corrupt", b"".join(data[i * size:(i + 1) * size] for i in bad)))
+        if short or len(data) != n * size or bad:
+            keep = sorted(set(range(n)) - set(bad))
+            rewrites[layer] = (path, b"".join(data[i * size:(i + 1) * size] for i in keep), short or bool(bad))
+            committed[layer] = len(keep)
+    if apply and (aside or rewrites):
+        where = move_aside(folder, aside)
+        for r in report:
+            r["kept_in"] = where
+        if good < len(raw):
+            with open(log, "r+b") as f:
+                f.truncate(good)
+        for layer, (path, kept, cut) in rewrites.items():
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(kept)
+            os.replace(tmp, path)
+            if cut:  # commit the cut, so the next open agrees
+                with open(log, "ab") as f:
+                    f.write(commit_record(layer, committed[layer], zlib.crc32(kept)))
+    return committed, report
+
+
+def verify(folder) -> list[dict]:
+    """Check every record and commit of a store without changing it -> what opening it would drop ([] = sound)."""
+    folder = Path(folder)
+    meta = read_json(folder / "store.json", StoreError, "bmojo store")
+    if meta.get("format") != FORMAT or not isinstance(meta.get("layers"), dict):
+        raise StoreError(f"{folder}/store.json: format={meta.get('format')!r}; not a bmojo store")
+    return recover(folder, meta, apply=False)[1]
+
+
+def _read_commits(raw: bytes, spec: dict):
+    """commits.log -> (committed count per layer, the segments each commit covers, the length of its valid part)."""
     committed: dict[int, int] = {}
     segments: dict[int, list] = {}  # layer -> [(first record, end, CRC of their bytes)], in file order
     good = 0
@@ -105,80 +176,93 @@ def recover(folder: Path, spec: dict) -> tuple[dict[int, int], list[dict]]:
             segments[layer] = [(0, count, data_crc if data_crc or count == 0 else None)]
         committed[layer] = count
         good = off + COMMIT.size
-    report = []
-    if good < len(raw):
-        report.append({"file": log.name, "dropped_bytes": len(raw) - good,
-                       "reason": "a commit record torn or failing its CRC (and any after it)"})
-        with open(log, "r+b") as f:
-            f.truncate(good)
-    for key, d in spec["layers"].items():
-        layer, path = int(key), folder / f"layer{key}.bin"
-        size = record_dtype(d["kv_heads"], d["head_dim"], spec["dtype"]).itemsize
-        have = path.stat().st_size if path.exists() else 0
-        n, segs, cut = committed.get(layer, 0), segments.get(layer, []), False
-        if have < n * size:  # cut short outside bmojo: keep the whole records there are, checked one by one
-            whole = have // size
-            report.append({"file": path.name, "layer": layer, "dropped_entries": n - whole,
-                           "reason": f"the file ends inside record {whole} (of {n} committed): cut short outside "
-                                     "bmojo"})
-            segs = [(a, min(b, whole), crc if b <= whole else "own") for a, b, crc in segs if a < whole]
-            n, cut = whole, True
-        elif have > n * size:
-            report.append({"file": path.name, "layer": layer, "dropped_entries": -(-(have - n * size) // size),
-                           "dropped_bytes": have - n * size, "reason": "the write in flight at a crash"})
-        bad = _first_corrupt(path, size, segs)
-        if bad is not None:
-            report.append({"file": path.name, "layer": layer, "dropped_entries": n - bad,
-                           "reason": f"record {bad} (entry {bad} of {path.name}) fails its CRC: corrupted on disk; "
-                                     f"it and the {n - bad - 1} after it are dropped"})
-            n, cut = bad, True
-        if have > n * size:
-            with open(path, "r+b") as f:
-                f.truncate(n * size)
-        if cut:  # commit the cut, so the next open agrees
-            kept = path.read_bytes() if path.exists() else b""
-            if not path.exists():
-                path.touch()
-            with open(log, "ab") as f:
-                f.write(commit_record(layer, n, zlib.crc32(kept)))
-            committed[layer] = n
-    return committed, report
+    return committed, segments, good
 
 
-def _first_corrupt(path: Path, size: int, segments: list) -> int | None:
-    """The first record of the layer file that fails its commit's CRC, or None.  A failing commit is searched
-    record by record with each record's own CRC; a record without one (0) is taken as the commit's first.  A
-    segment whose CRC is "own" (a commit cut short) is checked by its records' own CRCs only."""
-    if not segments:
-        return None
-    data = path.read_bytes()
+def move_aside(folder: Path, parts: list[tuple[str, bytes]]) -> str:
+    """Write `parts` (name, bytes) into a new folder dropped/<n>/ of the store (fsynced) -> its path."""
+    base = folder / DROPPED
+    base.mkdir(exist_ok=True)
+    n = 1 + max((int(p.name) for p in base.iterdir() if p.name.isdigit()), default=0)
+    out = base / str(n)
+    out.mkdir()
+    for name, data in (p for p in parts if p[1]):
+        with open(out / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return str(out)
+
+
+def _ranges(ix: list[int]) -> str:
+    out, i = [], 0
+    while i < len(ix):
+        j = i
+        while j + 1 < len(ix) and ix[j + 1] == ix[j] + 1:
+            j += 1
+        out.append(str(ix[i]) if i == j else f"{ix[i]}-{ix[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _corrupt_records(data: bytes, size: int, segments: list) -> list[int]:
+    """The records of a layer file that must not be served: in a segment failing its commit's CRC, each record
+    failing its own CRC (a record without one, 0, counts as failing); if every record passes its own CRC, the
+    whole segment (its records were altered together, e.g. one copied over another).  A segment whose CRC is
+    "own" (a commit cut short) is checked by its records' own CRCs only."""
+    bad = []
     for first, end, crc in segments:
         chunk = data[first * size:end * size]
         if crc is None or (crc != "own" and zlib.crc32(chunk) == crc):
             continue
+        own_bad = []
         for i in range(end - first):
             rec = chunk[i * size:(i + 1) * size]
             own = int.from_bytes(rec[4:8], "little")
             if own == 0 or record_crc(rec) != own:
-                return first + i
-        if crc != "own":
-            return first  # every record passes its own CRC but not the commit's: distrust the whole commit
-    return None
+                own_bad.append(first + i)
+        bad += own_bad if own_bad or crc == "own" else list(range(first, end))
+    return bad
 
 
-def clear(folder) -> None:
-    """Delete a store folder (only if it is one)."""
+def store_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(the store's own files and folders in `folder`, everything else there)."""
+    import re
+
+    own = re.compile(r"^(store\.json|commits\.log|layer\d+\.bin|session\.safetensors|"
+                     r"\.(store\.json|layer\d+\.bin|session\.safetensors)\.tmp)$")
+    ours, other = [], []
+    for p in sorted(folder.iterdir()):
+        (ours if (own.match(p.name) and p.is_file()) or (p.name == DROPPED and p.is_dir()) else other).append(p)
+    return ours, other
+
+
+def clear(folder) -> list[Path]:
+    """Delete a store: its own files only (also when store.json is damaged), never anything else a user put in the
+    folder; the folder itself goes when nothing else is left.  -> the paths left in place.  A folder that is not a
+    store (store.json missing, or of another format) is refused."""
     folder = Path(folder)
-    if not folder.exists():
-        return
-    meta = read_json(folder / "store.json", StoreError, "bmojo store")
+    if not folder.exists() or not any(folder.iterdir()):
+        return []
+    if not (folder / "store.json").is_file():
+        raise StoreError(f"{folder}: has no store.json; not a bmojo store, not deleting anything")
+    try:
+        meta = read_json(folder / "store.json", StoreError, "bmojo store")
+    except StoreError:
+        meta = {"format": FORMAT}  # cut short or garbled: the store's own files can still be told by name
     if meta.get("format") != FORMAT:
         raise StoreError(f"{folder}/store.json: format={meta.get('format')!r}; not a bmojo store, not deleting it")
-    shutil.rmtree(folder)
+    ours, other = store_files(folder)
+    for p in ours:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if not other:
+        folder.rmdir()
+    return other
 
 
 def disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    """Bytes of the store's own files (not what recovery moved under dropped/, nor a user's files)."""
+    return sum(p.stat().st_size for p in store_files(folder)[0] if p.is_file())
 
 
 def describe(folder) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -50,13 +51,14 @@ def _restore(obj, prefix: str, tensors: dict, ints: dict, path) -> None:
             setattr(obj, f.name, ints[key])
 
 
-def save_session(store: Store, state) -> None:
-    """Flush the store, then write the state (ModelState) beside it."""
+def save_session(store: Store, state, weights: str | None = None) -> None:
+    """Flush the store, then write the state (ModelState) beside it; `weights` (the SHA-256 of the model's weights
+    file) ties the session to those weights, not only to their config."""
     store.flush()
     tensors, ints = {}, {}
     for i, s in enumerate(state.layers):
         _flatten(s, f"layer{i}", tensors, ints)
-    meta = {"pos": state.pos, "fingerprint": state.fingerprint, "ints": ints,
+    meta = {"pos": state.pos, "fingerprint": state.fingerprint, "weights": weights, "ints": ints,
             "store_entries": {str(i): len(ls) for i, ls in store.layers.items()}}
     path = store.folder / SESSION
     tmp = path.with_name(f".{SESSION}.tmp")
@@ -66,8 +68,31 @@ def save_session(store: Store, state) -> None:
     os.replace(tmp, path)
 
 
-def load_session(store: Store, model, device=None):
-    """The saved state with the store attached, or a fresh one when the folder has no session."""
+def check_session(folder, model, weights: str | None = None) -> dict | None:
+    """The metadata of the session saved in `folder` (None when there is none), refused when it was written by
+    another model: another config (fingerprint) or, with `weights`, other weights.  Reads the header only, so a
+    command can check before it opens (and recovers) the store."""
+    path = Path(folder) / SESSION
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(json.loads(f.read(n))["__metadata__"]["bmojo_session"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{path}: not a readable bmojo session ({e})") from None
+    if meta.get("fingerprint") != model.fingerprint:
+        raise StoreError(f"{path}: fingerprint={meta.get('fingerprint')!r}, this model's is {model.fingerprint!r}")
+    if weights is not None and meta.get("weights") not in (None, weights):
+        raise StoreError(f"{path}: the session was written by the weights with SHA-256 {meta['weights'][:16]}..., "
+                         f"this checkpoint's are {weights[:16]}...: a session continues only under the model that "
+                         "wrote it (use another --storage folder)")
+    return meta
+
+
+def load_session(store: Store, model, device=None, weights: str | None = None):
+    """The saved state with the store attached, or a fresh one when the folder has no session.  A session saved
+    with other weights (`weights`: the SHA-256 of this model's weights file) is refused before anything changes."""
     path = store.folder / SESSION
     if not path.exists():
         if any(len(ls) for ls in store.layers.values()):
@@ -76,14 +101,13 @@ def load_session(store: Store, model, device=None):
         return model.init_state(store.rows, device, store=store)
     try:
         tensors = load_file(str(path))
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            meta = json.loads(json.loads(f.read(n))["__metadata__"]["bmojo_session"])
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+    except (SafetensorError, OSError) as e:
         raise StoreError(f"{path}: not a readable bmojo session ({e})") from None
-    if meta.get("fingerprint") != model.fingerprint:
-        raise StoreError(f"{path}: fingerprint={meta.get('fingerprint')!r}, this model's is {model.fingerprint!r}")
-    store.truncate({int(k): v for k, v in meta["store_entries"].items()}, reason=f"beyond the saved {SESSION}")
+    meta = check_session(store.folder, model, weights)
+    # entries past the saved counts come from a call that did not finish; fewer are what recovery dropped (reported)
+    store.truncate({int(k): min(v, len(store.layers[int(k)])) for k, v in meta["store_entries"].items()
+                    if int(k) in store.layers},
+                   reason=f"written after the session saved at {meta['pos']} tokens, by a call that did not finish")
     state = model.init_state(store.rows, device, store=store)
     for i, s in enumerate(state.layers):
         _restore(s, f"layer{i}", tensors, meta["ints"], path)

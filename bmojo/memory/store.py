@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bmojo.memory.disk import check_spec, commit_record, disk_bytes, make_spec, recover, record_dtype, seal
+from bmojo.memory.disk import check_spec, commit_record, disk_bytes, make_spec, move_aside, recover, \
+    record_dtype, seal
 from bmojo.memory.errors import StoreError
 from bmojo.memory.index import LayerIndex
 from bmojo.utils.jsonfile import read_json
@@ -360,9 +361,12 @@ class Store:
                 raise StoreError(f"{ls.path}: holds {len(ls)} entries, fewer than the {n} expected ({reason})")
             if n == len(ls):
                 continue
-            self.recovered.append({"file": ls.path.name, "layer": i, "dropped_entries": len(ls) - n,
-                                   "reason": reason})
             self._files[i].close()
+            with open(ls.path, "rb") as f:  # what the cut removes is kept aside, never deleted
+                f.seek(n * ls.rec.itemsize)
+                where = move_aside(self.folder, [(f"{ls.path.name}.cut", f.read())])
+            self.recovered.append({"file": ls.path.name, "layer": i, "dropped_entries": len(ls) - n,
+                                   "reason": reason, "kept_in": where})
             with open(ls.path, "r+b") as f:
                 f.truncate(n * ls.rec.itemsize)
             self._commit(i, n, zlib.crc32(ls.path.read_bytes()))  # a cut: its CRC covers every record kept

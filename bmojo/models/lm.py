@@ -35,6 +35,13 @@ class LMOutput:
 
 
 class BMojoLM(nn.Module):
+    """A language model of the B'MOJO family: embedding, `cfg.n_layers` pre-norm blocks whose mixers follow
+    `cfg.pattern` (A attention, S sliding window, M SSM, F B'MOJO-F, B B'MOJO), final norm, LM head.
+
+    model(ids (B, T)) -> LMOutput(logits (B, T, V), aux_loss, state, records); model.init_state(B) and
+    model.step(ids (B,), state) decode one token at a time with a bounded state; presets: bmojo.preset(name, ...);
+    a saved checkpoint: bmojo.load_checkpoint(folder) -> (model, its metadata)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()

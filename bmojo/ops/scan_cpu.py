@@ -3,7 +3,7 @@
 `selective_scan_fused` has the reference's signature.  It runs the C++ kernels for float32 CPU tensors: the
 forward walks T once per (row, channel block) and keeps the state every `chunk` steps; the backward recomputes
 each chunk's states from there (never B x T x E x N).  `available()` compiles the extension (about a minute,
-once per machine; torch caches it) and says whether that worked; if it did not, callers use the PyTorch fast
+once per machine and source version: bmojo.utils.build) and says whether that worked; if it did not, callers use the PyTorch fast
 path in `bmojo.ops.scan`.
 """
 from __future__ import annotations
@@ -30,11 +30,9 @@ def available() -> bool:
             _error = "no C++ compiler on PATH"
         else:
             try:
-                from torch.utils.cpp_extension import get_default_build_root, load
+                from bmojo.utils.build import load_once
 
-                if not list(Path(get_default_build_root()).glob("*/bmojo_selective_scan/*.so")):
-                    log.warning("bmojo: compiling the fused CPU scan (once per machine, about a minute)")
-                _ext = load(name="bmojo_selective_scan", sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=False)
+                _ext = load_once("bmojo_selective_scan", SOURCE, FLAGS)
             except Exception as e:  # compiler missing or broken, ninja missing, headers missing: all mean "no"
                 _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         if _error:

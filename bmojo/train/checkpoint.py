@@ -1,7 +1,8 @@
 """Checkpoints: safetensors for tensors, JSON for everything else; nothing is ever unpickled.
 
 A checkpoint is a folder:
-    config.json            {"format": "bmojo-checkpoint", "version": 1, "model": {...}, "step": N, ...}
+    config.json            {"format": "bmojo-checkpoint", "version": 1, "model": {...}, "step": N, "sha256":
+                           {file: its SHA-256, for every other file}, ...}; each file is verified when it is read
     model.safetensors      the model's parameters (tied weights stored once)
     optimizer.safetensors  AdamW moments per parameter index, and the torch RNG state (resumable runs)
 It is written to a temporary folder and renamed into place, so a crash never leaves a half-written
@@ -9,6 +10,7 @@ checkpoint where the last good one was.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +74,7 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
             raise ValueError(f"checkpoint file name {name!r}: must be a plain file name of its own")
         (tmp / name).write_text(text)
         _reached(f"file:{name}")
+    info["sha256"] = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
     (tmp / "config.json").write_text(json.dumps(info, indent=2))
     _reached("config")
     usual_modes(tmp)  # safetensors writes 0600; a checkpoint is as readable as any file made here
@@ -80,6 +83,7 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
             os.fsync(fh.fileno())
     _reached("fsynced")
     if path.exists():
+        _carry_foreign(path, tmp)
         shutil.rmtree(old, ignore_errors=True)
         _reached("old_removed")
         path.rename(old)
@@ -90,8 +94,45 @@ def save_checkpoint(path: str | Path, model, meta: dict, optimizer: torch.optim.
     return path
 
 
+def _carry_foreign(path: Path, tmp: Path) -> None:
+    """Move into the new checkpoint `tmp` whatever in the old one `path` no checkpoint wrote (a user's file), so that
+    replacing a checkpoint never deletes it; the old checkpoint's own files (listed in its config.json, or by name
+    for one that lists none) go with it."""
+    try:
+        own = set(json.loads((path / "config.json").read_text()).get("sha256") or {})
+    except (OSError, ValueError, AttributeError):
+        own = set()
+    own |= {"config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json"}
+    for p in list(path.iterdir()):
+        if p.name not in own and not p.name.startswith("hf_") and not (tmp / p.name).exists():
+            p.rename(tmp / p.name)
+
+
 # every point of save_checkpoint where a crash test ends the process (file: points are per extra file)
 CRASH_POINTS = ("model", "optimizer", "config", "fsynced", "old_removed", "moved_to_old", "renamed")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_file(meta: dict, name: str) -> str:
+    """Verify a checkpoint file against the SHA-256 its config.json records -> the digest (computed when an older
+    checkpoint recorded none).  A mismatch is a CheckpointError naming the file."""
+    path = Path(meta["_path"]) / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    digest = file_sha256(path)
+    want = (meta.get("sha256") or {}).get(name)
+    if want is not None and digest != want:
+        raise CheckpointError(f"{path}: SHA-256 {digest[:16]}... does not match the {want[:16]}... recorded in "
+                              f"{Path(meta['_path']) / 'config.json'}: the file was damaged or replaced after it "
+                              "was saved")
+    return digest
 
 
 def has_checkpoint(path: str | Path) -> bool:
@@ -127,6 +168,7 @@ def load_checkpoint(path: str | Path, device="cpu", overrides: dict | None = Non
     info = read_meta(path)
     path = Path(info["_path"])
     cfg = ModelConfig.from_dict({**info["model"], **(overrides or {})})
+    info["weights_sha256"] = check_file(info, "model.safetensors")
     model = BMojoLM(cfg).to(device)
     load_weights(model, path / "model.safetensors")
     return model, info
@@ -139,7 +181,17 @@ def load_lm_checkpoint(path: str | Path, device="cpu"):
 
     model, meta = load_checkpoint(path, device)
     if "tokenizer" not in meta:
+        src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+        if "hf_model_type" in src:
+            copied = sorted(p.name for p in Path(meta["_path"]).glob("hf_*"))
+            raise ConfigError(f"{path}: converted from a Hugging Face {src['hf_model_type']} model ({src.get('path')})"
+                              + (f"; its tokenizer files were copied as {copied}, which this command does not read"
+                                 if copied else " that came without a tokenizer: its folder had none of "
+                                 "tokenizer.json, tokenizer_config.json"))
         raise ConfigError(f"{path}: the checkpoint has no tokenizer (trained on a synthetic task?)")
+    for name in sorted(meta.get("sha256") or {}):
+        if name not in ("model.safetensors", "optimizer.safetensors"):  # the tokenizer's files
+            check_file(meta, name)
     return model, meta, load_tokenizer(meta["tokenizer"], meta["_path"])
 
 
@@ -161,6 +213,7 @@ def read_optimizer(path: str | Path, meta: dict, names: list[str]) -> dict:
     """A checkpoint's optimizer state, name-keyed (the layout of torch.distributed.checkpoint): `names` are the
     parameters in the optimizer's order (bmojo.train.optim.group_names).  Restores the torch RNG state too."""
     file = Path(path) / "optimizer.safetensors"
+    check_file({**meta, "_path": str(path)}, "optimizer.safetensors")
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:

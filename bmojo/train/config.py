@@ -20,6 +20,11 @@ class TrainConfig:
     eval_every: int = _f(100, "evaluate every this many steps (0 = only at the end)")
     eval_batches: int = _f(4, "batches per evaluation")
     target_acc: float | None = _f(None, "stop early once eval accuracy reaches this")
+    plateau: float | None = _f(None, "stop early at a plateau: once plateau_min_steps are done, when the best eval "
+                                     "accuracy of the last quarter of the steps is at most this much above the best "
+                                     "before it (e.g. 0.01); None = never")
+    plateau_min_steps: int = _f(0, "the plateau rule is first checked after this many steps (a model still at "
+                                   "chance has not plateaued, it has not started)")
     log_every: int = _f(10, "write a metrics line every this many steps")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only the final one)")
     progress: bool = _f(True, "show a progress line on stderr")
@@ -33,7 +38,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_batches", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a positive integer")
-        for name in ("warmup", "eval_every", "save_every"):
+        for name in ("warmup", "eval_every", "save_every", "plateau_min_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: must be an integer >= 0")
         if not self.lr > 0:
@@ -44,6 +49,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.parallel={self.parallel!r}: allowed: ddp, fsdp")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ConfigError(f"TrainConfig.target_acc={self.target_acc!r}: must be in (0, 1] or None")
+        b = self.betas
+        if not (isinstance(b, tuple) and len(b) == 2 and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b)):
+            raise ConfigError(f"TrainConfig.betas={b!r}: must be two numbers in [0, 1), e.g. 0.9,0.95")
+        if self.plateau is not None and not 0 <= self.plateau < 1:
+            raise ConfigError(f"TrainConfig.plateau={self.plateau!r}: must be in [0, 1) or None")
 
     # the fields a resumed run may change: they do not change what is trained
     MAY_CHANGE_ON_RESUME = ("steps", "progress", "skip_nonfinite", "parallel")

@@ -80,7 +80,7 @@ def train_lm(spec: LMSpec, corpus: TokenCorpus, tcfg: TrainConfig, out_dir: str 
     tok = corpus.tokenizer
     cfg = model_config(spec, tok.vocab_size)
     meta = {"lm": asdict(spec), "tokenizer": tok.to_dict(), "corpus": {"folder": str(corpus.folder),
-            "name": corpus.manifest["corpus"], "source": corpus.manifest["source"]}}
+            "name": corpus.manifest["corpus"], "source": corpus.manifest["source"], "digest": corpus.digest}}
     ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
     if resume and ckpt is not None and has_checkpoint(ckpt):
         _check_resumable(read_meta(ckpt), cfg, tcfg, meta)
@@ -98,6 +98,10 @@ def _check_resumable(saved: dict, cfg: ModelConfig, tcfg: TrainConfig, meta: dic
     if saved.get("model") != cfg.to_dict():
         diff = sorted(k for k in cfg.to_dict() if saved.get("model", {}).get(k) != cfg.to_dict()[k])
         raise ConfigError(f"--resume: the checkpoint's model differs in {diff}; pass the options it was trained with")
+    corpus = saved.get("corpus", {})
+    if corpus.get("digest") is not None and corpus["digest"] != meta["corpus"]["digest"]:
+        raise ConfigError(f"--resume: the checkpoint was trained on corpus digest {corpus['digest']}, "
+                          f"{meta['corpus']['folder']} now has digest {meta['corpus']['digest']}: its tokens changed")
     if saved.get("tokenizer") != meta["tokenizer"]:
         raise ConfigError(f"--resume: the checkpoint was trained with tokenizer {saved.get('tokenizer')}")
     old = saved.get("train", {})

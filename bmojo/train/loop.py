@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from bmojo.config import ConfigError
-from bmojo.train.checkpoint import has_checkpoint, load_optimizer, load_weights, read_meta, read_optimizer, \
+from bmojo.train.checkpoint import check_file, has_checkpoint, load_optimizer, load_weights, read_meta, read_optimizer, \
     save_checkpoint
 from bmojo.train.config import TrainConfig
 from bmojo.train import dist
 from bmojo.train.optim import group_names, lr_at, make_optimizer, no_decay_names
 from bmojo.train.progress import MetricsLog, Progress
+from bmojo.utils.interrupt import StopOnCtrlC
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,7 +43,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         return type(self), (str(self), self.step, self.checkpoint)
 
 
-RUN_FILES = ("checkpoint", ".checkpoint.old", ".checkpoint.tmp", "metrics.jsonl", "result.json")
+# what a run folder holds that bmojo wrote: the run's files, and what `eval ppl` and `inspect` write beside them by
+# default (results of the run being replaced, so --overwrite removes them too; anything else is the user's)
+RUN_FILES = ("checkpoint", ".checkpoint.old", ".checkpoint.tmp", "metrics.jsonl", "result.json", "eval", "inspect")
 
 
 def claim_run_folder(out_dir: str | Path, overwrite: bool = False) -> None:
@@ -67,33 +67,6 @@ def claim_run_folder(out_dir: str | Path, overwrite: bool = False) -> None:
     for n in found:
         f = out / n
         shutil.rmtree(f) if f.is_dir() else f.unlink()
-
-
-class _StopOnCtrlC:
-    """While active, the first Ctrl-C asks the loop to stop at the next step boundary (so the checkpoint it
-    saves is a consistent one); a second Ctrl-C stops at once.  Only in the main thread of a single process."""
-
-    def __init__(self, enabled: bool):
-        # not where Ctrl-C is someone else's to handle: a worker of `bmojo compare` ignores it (its parent stops
-        # the pool), as does a process started in the background
-        self.enabled = enabled and threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        self.requested, self._prev = False, None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        sys.stderr.write("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)\n")
-
-    def __enter__(self):
-        if self.enabled:
-            self._prev = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._prev)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -213,7 +186,7 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
                                                             files, d), start if resume else None)
     net.train()
     step = start
-    with _StopOnCtrlC(d is None) as ctrl_c:
+    with StopOnCtrlC(d is None, "stopping after this step and saving a checkpoint") as ctrl_c:
         try:
             for step in range(start, cfg.steps):
                 if ctrl_c.requested:  # step boundary: `step` steps are done
@@ -247,6 +220,7 @@ def _restore(model, ckpt: Path | None, resume: bool) -> tuple[int, dict | None]:
     if not (resume and ckpt is not None and has_checkpoint(ckpt)):
         return 0, None
     info = read_meta(ckpt)
+    check_file(info, "model.safetensors")
     load_weights(model, Path(info["_path"]) / "model.safetensors")
     return info["step"], info
 
@@ -308,6 +282,15 @@ def _step(net, opt, cfg: TrainConfig, d, batch_fn, step: int, ckpt, run) -> dict
             "tokens": inputs.numel() * (d.world if d is not None else 1)}
 
 
+def plateaued(curve: list[tuple[int, float]], delta: float) -> bool:
+    """curve: (step, eval accuracy) in step order.  True when the best accuracy over the last quarter of the steps
+    done is at most `delta` above the best before that quarter (an evaluation before it is needed)."""
+    last = curve[-1][0]
+    before = [a for s, a in curve if s <= 0.75 * last]
+    after = [a for s, a in curve if s > 0.75 * last]
+    return bool(before) and max(after) <= max(before) + delta
+
+
 class _Run:
     """What a run writes as it goes: the metrics log, the progress line, evaluations, checkpoints."""
 
@@ -318,7 +301,7 @@ class _Run:
         if resumed_at is not None:  # rows past the checkpoint came from steps that are about to be redone
             self.log.keep_until(resumed_at)
         self.bar = Progress(cfg.steps, desc, cfg.progress and main)
-        self.history, self.eval, self.stopped = [], {}, False
+        self.history, self.eval, self.stopped, self.curve = [], {}, False, []
         self.t_train, self.tokens, self.skipped = 0.0, 0, 0
         self.t_start = time.perf_counter()
 
@@ -342,7 +325,9 @@ class _Run:
             self.eval = evaluate(dist.unwrap(net) if d is None or d.mode == "ddp" else net,
                                  [(x.to(d.device), y.to(d.device)) for x, y in eval_batches] if d else eval_batches)
             row = {**(row or {"step": done}), **{f"eval_{k}": v for k, v in self.eval.items()}}
-            self.stopped = cfg.target_acc is not None and self.eval["acc"] >= cfg.target_acc
+            self.curve.append((done, self.eval["acc"]))
+            self.stopped = (cfg.target_acc is not None and self.eval["acc"] >= cfg.target_acc) or \
+                (cfg.plateau is not None and done >= cfg.plateau_min_steps and plateaued(self.curve, cfg.plateau))
         if row is not None:
             self.history.append(row)
             self.log.write(**row)

@@ -21,6 +21,9 @@ def inside(root: str | Path, name, what: str) -> Path:
     return path
 
 
+WRITTEN = ".bmojo-written.json"  # the names a bmojo command wrote in a folder (what --overwrite may replace)
+
+
 def refuse_filled(folder: str | Path, overwrite: bool, what: str = "the output folder") -> None:
     """A ConfigError if `folder` exists and is not empty, unless `overwrite` (the caller then replaces it)."""
     folder = Path(folder)
@@ -29,6 +32,47 @@ def refuse_filled(folder: str | Path, overwrite: bool, what: str = "the output f
                           "to replace what is there")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} is a file, not a folder")
+
+
+def claim_output(folder: str | Path, overwrite: bool, what: str, known=()) -> set[str]:
+    """The one --overwrite rule: a folder that holds files is refused unless `overwrite`; then everything an
+    earlier bmojo command recorded writing there (WRITTEN; `known`: the names it writes, for folders made before
+    the record) is removed, so nothing stale mixes with the new output, and nothing else (the user's files) is
+    touched.  -> the names left in the folder (pass them to record_output)."""
+    import shutil
+
+    refuse_filled(folder, overwrite, what)
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    ours = set(_written(folder)) | {n for n in known if (folder / n).exists()}
+    for name in ours:
+        p = inside(folder, name, f"{folder / WRITTEN} entry")
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    (folder / WRITTEN).unlink(missing_ok=True)
+    return {p.name for p in folder.iterdir()}
+
+
+def record_output(folder: str | Path, before: set[str]) -> None:
+    """Record in WRITTEN every name in `folder` that was not there `before` (what this command wrote)."""
+    import json
+
+    folder = Path(folder)
+    names = sorted(({p.name for p in folder.iterdir()} - set(before) - {WRITTEN}) | set(_written(folder)))
+    (folder / WRITTEN).write_text(json.dumps(names))
+
+
+def _written(folder: Path) -> list[str]:
+    import json
+
+    try:
+        names = json.loads((folder / WRITTEN).read_text())
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def usual_modes(folder: str | Path) -> None:

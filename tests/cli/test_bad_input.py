@@ -63,7 +63,7 @@ def test_empty_and_too_short_corpora(tmp_path, capsys):
 
 def test_truncated_token_file_names_the_file(tmp_path, texts, capsys):
     assert main(["data", "prepare", "--corpus", str(texts), "--data", str(tmp_path / "data")]) == 0
-    folder = next((tmp_path / "data").glob("texts-*/byte"))
+    folder = next((tmp_path / "data").glob("texts-*/byte-*"))
     f = folder / "train.bin"
     f.write_bytes(f.read_bytes()[:-7])
     capsys.readouterr()
@@ -90,6 +90,11 @@ def test_foreign_or_other_version_checkpoints_lose_nothing(tmp_path, texts, caps
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
     # a foreign file where the weights should be
     (ck / "model.safetensors").write_bytes(b"PK\x03\x04 not safetensors")
+    assert main(["generate", "--checkpoint", str(ck), "--prompt", "x"]) == 2
+    assert "model.safetensors: SHA-256" in capsys.readouterr().err  # the recorded checksum sees it first
+    import hashlib
+    meta["sha256"]["model.safetensors"] = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
+    (ck / "config.json").write_text(json.dumps(meta))  # a foreign file recorded as if it were ours
     assert main(["generate", "--checkpoint", str(ck), "--prompt", "x"]) == 2
     assert "model.safetensors: not a readable safetensors file" in capsys.readouterr().err
 

@@ -49,10 +49,16 @@ def test_verbose_before_or_after_the_command(argv):
 
 
 def test_likely_mistakes_are_warned_about(tmp_path, texts, capsys):
-    assert main(["train", "--corpus", str(texts), "--data", str(tmp_path / "data"), "--params", "1000",
+    assert main(["train", "--corpus", str(texts), "--data", str(tmp_path / "data"), "--params", "2500",
                  "--seq-len", "16", "--steps", "2", "--warmup", "5", "--batch-size", "2", "--eval-batches", "1",
                  "--progress", "false", "--model-opt", "n_layers=1", "--model-opt", "window=8",
                  "--model-opt", "chunk=4", "--model-opt", "memory_size=4", "--model-opt", "ssm_head_dim=8",
                  "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
-    assert "warning: --params 1,000 gives" in err and "warning: --warmup 5 >= --steps 2" in err
+    assert "warning: --params 2,500 gives" in err and "warning: --warmup 5 >= --steps 2" in err
+    # a size more than 2x from what the shape can build is refused, not warned about (it built 3,926 for 1,000)
+    assert main(["train", "--corpus", str(texts), "--data", str(tmp_path / "data"), "--params", "1000",
+                 "--seq-len", "16", "--steps", "2", "--model-opt", "n_layers=1", "--model-opt", "window=8",
+                 "--model-opt", "chunk=4", "--model-opt", "memory_size=4", "--model-opt", "ssm_head_dim=8",
+                 "--out", str(tmp_path / "run2")]) == 2
+    assert "--params 1,000: the nearest bmojo model of this shape has 3,926" in capsys.readouterr().err

@@ -176,7 +176,7 @@ def test_prepare_is_deterministic_and_reused(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     msgs = []
     assert prepare(str(tmp_path / "c"), root=tmp_path / "A", log=msgs.append) == a
-    assert "already prepared" in msgs[0]
+    assert any("already prepared" in m for m in msgs)  # after reading the source, whose hash names the folder
 
 
 def test_single_file_corpus_is_cut_into_documents(tmp_path):

@@ -136,3 +136,21 @@ def test_ctrl_c_stops_a_comparison_with_one_line_and_exit_130(tmp_path):
         raise AssertionError("the comparison hung after Ctrl-C")
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "bmojo compare: interrupted"
+
+
+def test_best_rows_take_the_median_over_seeds_and_keep_the_min():
+    from bmojo.eval.compare import best_rows, format_table
+
+    def row(label, lr, seed, acc, x4):
+        return {"label": label, "preset": label, "lr": lr, "seed": seed, "params": 10, "state_bytes": 100, "acc": acc,
+                "acc_x4": x4, "state_bytes_x4": 100, "steps": 10 * (seed + 1), "train_seconds": 1.0,
+                "stopped_early": False, "curve": [[10, acc]]}
+    rows = [row("a", 1e-3, s, acc, acc / 2) for s, acc in enumerate([0.2, 0.9, 0.5])]
+    rows += [row("a", 3e-3, s, acc, acc) for s, acc in enumerate([0.95, 0.1, 0.3])]  # a better max, a worse median
+    (best,) = best_rows(rows, ["a"], factors=(4,))
+    assert best["lr"] == 1e-3 and best["acc"] == 0.5 and best["acc_min"] == 0.2
+    assert best["acc_seeds"] == [0.2, 0.9, 0.5] and best["acc_x4"] == 0.25 and best["acc_x4_min"] == 0.1
+    assert [s["seed"] for s in best["seeds"]] == [0, 1, 2] and best["steps"] == 20
+    assert "0.500 (0.200)" in format_table([best], (4,))
+    (one,) = best_rows([row("b", 1e-3, 0, 0.4, 0.1)], ["b"], factors=(4,))
+    assert one["acc"] == 0.4 and "acc_min" not in one  # one seed: the run's own row

@@ -123,8 +123,10 @@ def test_task_checkpoint_shows_which_needed_tokens_the_memory_kept(tmp_path, cap
     assert rep["task_keep"] == list(range(8))
     assert [t.strip()[0] for t in rep["tokens"][:8]] == list("KVKVKVKV")
     assert sum(t.startswith("?") for t in rep["tokens"]) == 4
-    held = sum(rep["layers"][0]["in_memory"][p] for p in range(8))
-    assert f"the memory held {held} of the 8 tokens" in out and "at some update" in out
+    held = sum(rep["layers"][0]["in_final_memory"][p] for p in range(8))
+    ever = sum(rep["layers"][0]["in_memory"][p] for p in range(8))
+    assert f"the memory holds {held} of the 8 tokens" in out and f"{ever} of them were in it at some update" in out
+    assert held <= 6 and sum(rep["layers"][0]["in_final_memory"]) == 6  # what a memory of M=6 holds at the end
 
 
 def test_example_needs_a_task_checkpoint(tmp_path, capsys):

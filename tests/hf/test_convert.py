@@ -162,3 +162,31 @@ def test_convert_and_export_commands(tmp_path, capsys):
     assert main(["convert", str(folder), str(tmp_path / "x"), "--window", "-3"]) == 2
     assert "--window '-3'" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+
+
+def test_overwrite_replaces_what_the_command_wrote_and_keeps_the_users_files(tmp_path):
+    """One rule for export and convert: --overwrite leaves nothing stale of the earlier output and never deletes
+    a file the user put in the folder."""
+    from bmojo.cli.main import main
+    from bmojo.data.text.tokenizer import ByteTokenizer
+    from bmojo.models import BMojoLM
+    from bmojo.train.checkpoint import save_checkpoint
+    from tests.helpers import tiny
+
+    m = BMojoLM(tiny("bmojo", vocab_size=256))
+    save_checkpoint(tmp_path / "lm", m, {"tokenizer": ByteTokenizer().to_dict()})
+    save_checkpoint(tmp_path / "task", m, {})  # no tokenizer: an export of it writes none
+    out = tmp_path / "hf_out"
+    assert main(["export", str(tmp_path / "lm"), str(out)]) == 0
+    assert (out / "tokenizer.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(tmp_path / "task"), str(out), "--overwrite"]) == 0
+    assert not (out / "tokenizer.json").exists()  # the earlier export's tokenizer is not left behind
+    assert (out / "notes.txt").read_text() == "mine"
+    _, folder = _saved(_mistral, tmp_path)
+    ck = tmp_path / "ck"
+    assert main(["convert", str(folder), str(ck)]) == 0
+    (ck / "notes.txt").write_text("mine")
+    assert main(["convert", str(folder), str(ck), "--overwrite"]) == 0
+    assert (ck / "notes.txt").read_text() == "mine"
+    load_checkpoint(ck)

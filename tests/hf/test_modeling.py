@@ -7,7 +7,7 @@ import torch
 from bmojo import BMojoLM
 from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_files
 from bmojo.train.checkpoint import save_checkpoint
-from tests.helpers import seeded, tiny
+from tests.helpers import assert_close, seeded, tiny
 
 transformers = pytest.importorskip("transformers")
 from bmojo.hf.export import export, hf_tokenizer  # noqa: E402
@@ -109,3 +109,37 @@ def test_export_writes_model_and_tokenizer_for_auto_classes(tmp_path, tok):
     x = torch.tensor([ids[:8]])
     with torch.no_grad():
         assert torch.equal(hf(x).logits, model(x).logits)
+
+
+def test_an_export_loads_in_a_fresh_interpreter_with_trust_remote_code(tmp_path):
+    """As HF users load custom models: no bmojo import before from_pretrained; the logits equal bmojo's; and
+    `bmojo convert` of the export gives the same model back."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bmojo.data.text.tokenizer import ByteTokenizer
+    from bmojo.hf import convert
+    from bmojo.train.checkpoint import load_checkpoint
+
+    model = _model("bmojo", vocab=256)
+    save_checkpoint(tmp_path / "ck", model, {"tokenizer": ByteTokenizer().to_dict()})
+    export(tmp_path / "ck", tmp_path / "hf")
+    x = torch.tensor([[5, 17, 99, 3, 250, 8, 1, 42]])
+    with torch.no_grad():
+        want = model(x).logits[0, -1].tolist()
+    code = ("import json, sys, torch\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+            "assert 'bmojo' not in sys.modules or type(m).__name__ == 'BMojoForCausalLM'\n"
+            "with torch.no_grad():\n"
+            f"    print(json.dumps(m(torch.tensor({x.tolist()})).logits[0, -1].tolist()))\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert_close(torch.tensor(json.loads(r.stdout.splitlines()[-1])), torch.tensor(want), rtol=1e-6)
+    back, _ = load_checkpoint(convert(tmp_path / "hf", tmp_path / "back"))
+    with torch.no_grad():
+        assert torch.equal(back(x).logits, model(x).logits)

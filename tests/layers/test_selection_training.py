@@ -153,3 +153,26 @@ def test_memory_rope_edge_composes_rotations():
     edge = 25
     direct = torch.stack([rot(k[b], torch.full((5,), edge)) for b in range(2)])
     assert_close(m._at_edge(own, pos, edge), direct, name="rotations compose")
+
+
+def test_memory_rope_edge_reads_each_block_at_its_window_edge():
+    """The rule itself, in both modes: the queries of block b (positions a0 + bC .. a0 + bC + C - 1) read their
+    entries as if at a0 + bC - W, and a decoded query at i as if at i - i % C - W.  (Moving the edge by one in both
+    modes keeps them equal, so only this test sees it.)"""
+    m = BMojoMixer(tiny("bmojo", memory_rope="edge"), 0).eval()
+    W, C = m.window, m.chunk
+    seen = []
+    real = m._at_edge
+    m._at_edge = lambda k, pos, edge: seen.append(torch.as_tensor(edge).flatten().tolist()) or real(k, pos, edge)
+    x = torch.randn(1, 21, 32, generator=seeded(8))
+    with torch.no_grad():
+        _, state = m(x[:, :6], m.init_state(1))
+        first = seen.pop()
+        assert first == [0 - W + C * b for b in range(len(first))]
+        m(x[:, 6:17], state)  # from position 6 on, in a second call: its first block starts at a0 = 4
+        second = seen.pop()
+        assert second == [4 - W + C * b for b in range(len(second))]
+        _, state = m(x[:, :17], m.init_state(1))
+        for i in range(17, 21):
+            m.step(x[:, i], state)
+            assert seen.pop() == [i - i % C - W]

@@ -78,6 +78,11 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="format is None.*another tool"):
         load_checkpoint(tmp_path / "foreign")
     (good / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors: SHA-256 .* does not match"):
+        load_checkpoint(good)
+    meta = json.loads((good / "config.json").read_text())
+    del meta["sha256"]  # a checkpoint from before checksums: the file itself is still checked
+    (good / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_checkpoint(good)
     other = save_checkpoint(tmp_path / "other", BMojoLM(tiny("transformer", vocab_size=32, n_layers=1)), {"step": 0})
@@ -166,3 +171,57 @@ def test_training_interrupted_survives_pickling():
     e = pickle.loads(pickle.dumps(TrainingInterrupted("stopped after step 3", 3, "run/checkpoint")))
     assert isinstance(e, KeyboardInterrupt) and str(e) == "stopped after step 3"
     assert (e.step, e.checkpoint) == (3, "run/checkpoint")
+
+
+def test_evaluate_counts_accuracy_over_labelled_positions_only():
+    """One labelled position per row, answered right: accuracy 1.0 (an evaluate dividing by every position would
+    give 1/12), and the loss is over those positions only."""
+    import types
+
+    import torch
+
+    from bmojo.train.loop import evaluate
+
+    V = 7
+
+    class Oracle(torch.nn.Module):  # a model that knows the answers: logits only where asked (logits_at)
+        def forward(self, inputs, logits_at):
+            logits = torch.full((int(logits_at.sum()), V), -20.0)
+            logits[torch.arange(logits.shape[0]), inputs[logits_at] % V] = 20.0
+            return types.SimpleNamespace(logits=logits)
+
+    inputs = torch.arange(24).view(2, 12)
+    labels = torch.full((2, 12), -100)
+    labels[0, 5], labels[1, 9] = 5 % V, 21 % V
+    res = evaluate(Oracle(), [(inputs, labels)])
+    assert res["acc"] == 1.0 and res["n"] == 2 and res["loss"] < 1e-6
+    labels[1, 9] = (21 + 1) % V  # one of the two wrong
+    assert evaluate(Oracle(), [(inputs, labels)])["acc"] == 0.5
+
+
+def test_plateau_rule_compares_the_last_quarter_with_what_came_before():
+    from bmojo.train.loop import plateaued
+
+    rising = [(s, s / 2000) for s in range(100, 2001, 100)]
+    assert not plateaued(rising, 0.01)
+    flat_end = [(s, min(s, 1400) / 2000) for s in range(100, 2001, 100)]  # no gain after step 1,400
+    assert plateaued(flat_end, 0.01)
+    slow = [(s, 0.1 + s * 1e-5) for s in range(100, 2001, 100)]  # +0.005 over the last quarter
+    assert plateaued(slow, 0.01) and not plateaued(slow, 0.001)
+    assert not plateaued([(100, 0.5)], 0.01)  # nothing before the last quarter yet
+
+
+def test_training_stops_at_a_plateau_only_after_its_min_steps():
+    import torch
+
+    from bmojo.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = BMojoLM(tiny("transformer", vocab_size=16))
+    x = torch.randint(0, 16, (4, 12))
+    y = torch.full_like(x, -100)  # nothing to learn from: eval accuracy stays where it is
+    batch = lambda step: (x, y.clone().index_fill_(1, torch.tensor([3]), 5))
+    cfg = TrainConfig(steps=60, batch_size=4, eval_every=4, lr=1e-9, warmup=0, plateau=0.01, plateau_min_steps=20,
+                      progress=False)
+    res = train(model, cfg, batch, eval_batches=[batch(0)])
+    assert res.stopped_early and res.steps == 20

@@ -1,6 +1,8 @@
 """Prepared corpora: documents split by name into train/val/test, tokenized into memory-mapped token files.
 
-A prepared corpus is a folder `ROOT/CORPUS/TOKENIZER/` (e.g. `data/stdlib/byte`, `data/shakespeare/bpe4096`):
+A prepared corpus is a folder `ROOT/CORPUS/TOKENIZER-ID/` (e.g. `data/stdlib/byte-3f9c0a1b2d4e`), where ID hashes
+everything that decides its tokens: the documents' names and text, the tokenizer and the split settings.  Another
+seed, fraction, tokenizer or content gives another folder, so a prepared corpus never changes under a run:
     manifest.json     source, licence, tokenizer, split sizes and SHA-256s, every document's split and offset
     {train,val,test}.bin  the split's documents as token ids, each preceded by the separator id 0
     tokenizer.json    (BPE only) the tokenizer, trained on the training split alone
@@ -71,16 +73,8 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
             val_frac: float = 0.05, test_frac: float = 0.05, seed: int = 0, min_bytes: int = 16,
             strict: bool = False, source: str | None = None, force: bool = False, log=print) -> Path:
     """Prepare `corpus` (a built-in name or a path) and return its folder; an identical prepared corpus is reused."""
-    out = Path(root) / corpus_tag(corpus) / tokenizer_tag(tokenizer, vocab_size)
     settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": seed, "min_bytes": min_bytes}
-    if not force and (out / "manifest.json").is_file():
-        try:
-            old = TokenCorpus(out)
-            if old.manifest["settings"] == settings:
-                log(f"{out}: already prepared ({old.summary()}); --force to redo")
-                return out
-        except ConfigError as e:  # damaged: the source is still there, so it is prepared again
-            log(f"{out}: damaged ({e}); preparing it again")
+    tok_tag = tokenizer_tag(tokenizer, vocab_size)
     src = _source(corpus, source, Path(root))
     t0 = time.perf_counter()
     log(f"reading {src.description}")
@@ -89,6 +83,15 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
         raise ConfigError(f"--corpus {corpus}: no usable documents (skipped {skipped.summary()})")
     if len(docs) < 3:
         docs = [piece for name, text in docs for piece in split_pieces(name, text, 20)]
+    corpus_id = content_id(docs, tok_tag, settings)
+    out = Path(root) / corpus_tag(corpus) / f"{tok_tag}-{corpus_id}"
+    if not force and (out / "manifest.json").is_file():
+        try:
+            old = TokenCorpus(out)
+            log(f"{out}: already prepared ({old.summary()}); --force to redo")
+            return out
+        except ConfigError as e:  # damaged: the source is still there, so it is prepared again
+            log(f"{out}: damaged ({e}); preparing it again")
     log(f"  {len(docs)} documents, {sum(len(t) for _, t in docs):,} characters; skipped {skipped.summary()}")
     splits = assign_splits([n for n, _ in docs], val_frac, test_frac, seed)
     if tokenizer == "byte":
@@ -102,7 +105,7 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     tok.save(tmp)
     manifest = {"format": FORMAT, "version": VERSION, "corpus": src.name, "source": src.info,
                 "description": src.description, "licence": src.licence, "tokenizer": tok.to_dict(),
-                "settings": settings, "dtype": _dtype(tok.vocab_size), "skipped": skipped.to_dict(),
+                "settings": settings, "id": corpus_id, "dtype": _dtype(tok.vocab_size), "skipped": skipped.to_dict(),
                 "splits": {}, "documents": []}
     for split in SPLITS:
         names_texts = [(n, t) for n, t in docs if splits[n] == split]
@@ -124,6 +127,16 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     tmp.rename(out)
     log(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return out
+
+
+def content_id(docs: list[tuple[str, str]], tok_tag: str, settings: dict) -> str:
+    """12 hex digits of SHA-256 over what decides a prepared corpus: the tokenizer, the settings, every document's
+    name and text (in order)."""
+    h = hashlib.sha256(json.dumps({"tokenizer": tok_tag, "settings": settings}, sort_keys=True).encode())
+    for name, text in docs:
+        h.update(f"\0{len(name)}:{name}\0{len(text)}:".encode())
+        h.update(text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:12]
 
 
 class TokenCorpus:
@@ -183,6 +196,21 @@ class TokenCorpus:
             digest = hashlib.sha256(np.asarray(self.tokens(split)).tobytes()).hexdigest()
             if digest != info["sha256"]:
                 raise ConfigError(f"{self.folder / info['file']}: SHA-256 does not match the manifest (corrupt?)")
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits of SHA-256 over the tokenizer and every split's token SHA-256: a run records it, so that
+        resuming or evaluating on a corpus whose tokens changed is refused (corpora of every version have it)."""
+        m = self.manifest
+        key = {"tokenizer": m.get("tokenizer"), "splits": {k: v.get("sha256") for k, v in sorted(m["splits"].items())}}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_digest(self, recorded: str | None, what: str) -> None:
+        """Refuse a corpus whose tokens are not the ones `what` (a run) recorded; None (an older run) passes."""
+        if recorded is not None and recorded != self.digest:
+            raise ConfigError(f"{self.folder}: this corpus has digest {self.digest}, but {what} was trained on "
+                              f"digest {recorded}: its tokens changed since (prepared again in place?); prepare the "
+                              "original corpus again or train a new run")
 
     def summary(self) -> str:
         s = self.manifest["splits"]
