@@ -75,6 +75,10 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-examples", type=int, default=512, help="held-out sequences for evaluation")
     p.add_argument("--length-factors", default="4,16", help="also evaluate at these multiples of seq_len (with mqar "
                    "the pairs stay at the start and the queries move to the end); '' for none")
+    p.add_argument("--eval-store", action="store_true", help="also evaluate the B'MOJO runs with a fresh long-term "
+                   "store per batch (every token that leaves the eidetic memory is kept and searched by later "
+                   "queries); its bytes are reported beside the decode state; train with --model-opt "
+                   "train_store_topk=16 so the model learns to read one")
     p.add_argument("--selectors", default="", help="memory ablation: train bmojo once per eidetic scorer, "
                    "e.g. innovation,norm,random,recency,assoc (equal memory size, selection gate off)")
     p.add_argument("--memory-sizes", default="", help="memory sweep: train bmojo once per M, e.g. 4,8,16,32")
@@ -148,7 +152,7 @@ def build_spec(args) -> CompareSpec:
     return CompareSpec(runs=runs, task=args.task, task_options=task_opts, model=model, params=args.params,
                        steps=args.steps, batch_size=args.batch_size, lrs=lrs, eval_examples=args.eval_examples,
                        target_acc=args.target_acc, plateau=args.plateau, plateau_min_steps=args.plateau_min_steps,
-                       length_factors=factors, seed=args.seed, seeds=seeds, workers=args.workers,
+                       length_factors=factors, eval_store=args.eval_store, seed=args.seed, seeds=seeds, workers=args.workers,
                        out=args.out, overwrite=args.overwrite)
 
 

@@ -47,6 +47,7 @@ class CompareSpec:
     plateau: float | None = None  # stop a run at a plateau (TrainConfig.plateau), from plateau_min_steps on
     plateau_min_steps: int = 0
     length_factors: tuple[int, ...] = ()  # also evaluate at seq_len * k
+    eval_store: bool = False  # B'MOJO runs: also evaluate with a fresh long-term store per batch (acc_store...)
     seed: int = 0
     seeds: tuple[int, ...] = ()  # several seeds of init and data (each run once per seed); () = (seed,)
     workers: int = 1
@@ -105,6 +106,10 @@ def _one_run(args) -> dict:
            "loss": res.eval.get("loss", float("nan")), "steps": res.steps, "train_seconds": res.train_seconds,
            "stopped_early": res.stopped_early, "curve": [[h["step"], h["eval_acc"]] for h in res.history
                                                          if "eval_acc" in h], "model": cfg.to_dict()}
+    stores = _store_opener(model) if spec.eval_store else None
+    if stores is not None:
+        res_s = evaluate(model, evals, stores)
+        row["acc_store"], row["store_bytes"] = res_s["acc"], res_s["store_bytes"]
     for k in spec.length_factors:
         opts = {**spec.task_options, "seq_len": T * k}
         if spec.task == "mqar" and opts.get("query_start") is not None:
@@ -112,7 +117,28 @@ def _one_run(args) -> dict:
         batches = _eval_batches(spec.task, opts, spec.eval_examples // 2, seed + k, 32)
         row[f"acc_x{k}"] = evaluate(model, batches)["acc"]
         row[f"state_bytes_x{k}"] = model.state_bytes(T * k)
+        if stores is not None:  # the store's bytes are beside the decode state, never inside it
+            res_s = evaluate(model, batches, stores)
+            row[f"acc_store_x{k}"], row[f"store_bytes_x{k}"] = res_s["acc"], res_s["store_bytes"]
     return row
+
+
+def _store_opener(model):
+    """rows -> a fresh exact long-term store in a temporary folder (the previous one deleted), or None for a model
+    without B'MOJO memory."""
+    import shutil
+    import tempfile
+
+    from bmojo.memory import Store
+
+    if not any(getattr(b.mixer, "memory_size", 0) > 0 for b in model.layers):
+        return None
+    root = Path(tempfile.mkdtemp(prefix="bmojo-compare-store-"))
+
+    def open_store(rows):
+        shutil.rmtree(root / "s", ignore_errors=True)
+        return Store.for_model(root / "s", model, rows=rows)
+    return open_store
 
 
 def claim_results_folder(out: Path, overwrite: bool) -> None:
@@ -174,7 +200,9 @@ def best_rows(rows: list[dict], order: list[str], factors=()) -> list[dict]:
 
 def _median_row(runs: list[dict], factors) -> dict:
     row = {k: v for k, v in runs[0].items() if k not in ("curve", "seed")}
-    for key in ["acc"] + [f"acc_x{k}" for k in factors]:
+    for key in ["acc"] + [f"acc_x{k}" for k in factors] + ["acc_store"] + [f"acc_store_x{k}" for k in factors]:
+        if key not in runs[0]:
+            continue
         vals = [r[key] for r in runs]
         row[key], row[f"{key}_min"], row[f"{key}_seeds"] = float(np.median(vals)), min(vals), vals
     row["steps"] = int(np.median([r["steps"] for r in runs]))
@@ -251,12 +279,19 @@ def format_table(rows: list[dict], factors=()) -> str:
     head = ["model", "params", "state bytes", "lr", "acc"]
     for k in factors:
         head += [f"acc x{k}", f"bytes x{k}"]
-    acc = lambda r, key: f"{r[key]:.3f}" + (f" ({r[key + '_min']:.3f})" if key + "_min" in r else "")
+    acc = lambda r, key: (f"{r[key]:.3f}" + (f" ({r[key + '_min']:.3f})" if key + "_min" in r else "")) \
+        if key in r else "-"
+    store = any("acc_store" in r for r in rows)
+    if store:
+        head += ["acc, store"] + [f"acc x{k}, store" for k in factors] + ["store bytes (largest)"]
     body = []
     for r in rows:
         line = [r["label"], f"{r['params']:,}", f"{r['state_bytes']:,}", f"{r['lr']:g}", acc(r, "acc")]
         for k in factors:
             line += [acc(r, f"acc_x{k}"), f"{r[f'state_bytes_x{k}']:,}"]
+        if store:
+            biggest = max([r.get("store_bytes", 0)] + [r.get(f"store_bytes_x{k}", 0) for k in factors])
+            line += [acc(r, "acc_store")] + [acc(r, f"acc_store_x{k}") for k in factors] + [f"{biggest:,}"]
         body.append(line + [str(r["steps"]), f"{r['train_seconds']:.0f}"])
     return render_table(head + ["steps", "train s"], body)
 

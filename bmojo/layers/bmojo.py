@@ -224,13 +224,37 @@ class BMojoMixer(Attention):
         reads it as it stood after the previous chunk), or in training with `train_store_topk` the store a fresh
         sequence's own evictions build."""
         W, C = self.window, self.chunk
+        qpos = torch.arange(t0, t0 + q.shape[1], device=q.device)
         if state is not None and state.store is not None:
-            layer_io.admit(state.store, mem.ev, mem.table_k, mem.table_v, start=t0 - t0 % C, chunk=C)
-            return layer_io.retrieve(state.store, q, start=t0, window=W, chunk=C)
+            layer_io.admit(state.store, mem.ev, mem.table_k, mem.table_v, start=t0 - t0 % C, chunk=C,
+                           rotate=self._unrotate if self.memory_rope == "edge" else None)
+            return self._read_store(lambda qs: layer_io.retrieve(state.store, qs, start=t0, window=W, chunk=C),
+                                    q, qpos[:, None])
         if state is None and self.training and self.train_store_topk > 0:
-            return layer_io.entries_from_evictions(q, mem.table_k, mem.table_v, mem.ev, memory_size=self.memory_size,
-                                                   chunk=C, window=W, topk=self.train_store_topk)
+            table_k = mem.table_k
+            if self.memory_rope == "edge":  # the table's keys unrotated, as the store would hold them
+                table_pos = (torch.arange(table_k.shape[1], device=q.device) - self.memory_size).clamp(min=0)
+                table_k = self._unrotate(table_k, table_pos)
+            return self._read_store(lambda qs: layer_io.entries_from_evictions(
+                qs, table_k, mem.table_v, mem.ev, memory_size=self.memory_size, chunk=C, window=W,
+                topk=self.train_store_topk), q, qpos[:, None])
         return None
+
+    def _unrotate(self, k, pos):
+        """Keys rotated at their own positions pos -> unrotated (as if at position 0)."""
+        return self._at_edge(k, pos, 0)
+
+    def _read_store(self, search, q, qpos):
+        """The store's (keys, values, visible) for queries q at positions qpos (shaped to broadcast against q's
+        leading dims, minus heads).  With memory_rope=edge the store holds unrotated keys k0: a query at i reading an
+        entry as if at its block's edge e = i - i mod C - W scores <R(i) q, R(e) k0> = <R(i - e) q, k0>, so the
+        search runs with the query rotated back by e and attention gets the found keys rotated at e: the store is
+        read at the same distances at any length, like the eidetic memory."""
+        if self.memory_rope != "edge":
+            return search(q)
+        edge = qpos - qpos % self.chunk - self.window
+        ek, ev, vis = search(self._at_edge(q, edge[..., 0] if edge.dim() else edge, 0))
+        return self._at_edge(ek, torch.zeros_like(edge), edge), ev, vis
 
     def _with_null(self, extra, q):
         """The per-query entries (keys, values (..., H, K, Dh), visible (..., H, K)) with the learned null key joined
@@ -319,7 +343,8 @@ class BMojoMixer(Attention):
             keys.insert(0, mk); vals.insert(0, mem.v)
             vis.insert(0, (mem.pos >= 0) & (mem.pos <= i - W))
             if state.store is not None:
-                extra = layer_io.retrieve_step(state.store, q, i, window=W, chunk=C)
+                extra = self._read_store(lambda qs: layer_io.retrieve_step(state.store, qs, i, window=W, chunk=C),
+                                         q, torch.tensor(i, device=q.device))
             extra = self._with_null(extra, q)
         keys, vis = torch.cat(keys, 1), torch.cat(vis, 1)
         if (M > 0 and state.mem.gate is not None) or self.fading_bias is not None:  # keys: [memory | fading | raw]
@@ -384,7 +409,8 @@ class BMojoMixer(Attention):
                             rule=self.rule, decay=self.decay, per_chunk=self.per_chunk)
         pool_k, pool_v = torch.cat([mem.k, cand_k], 1), torch.cat([mem.v, cand_v], 1)
         if state.store is not None:
-            layer_io.admit(state.store, ev, pool_k, pool_v, start=state.pos - C + 1, chunk=C)
+            layer_io.admit(state.store, ev, pool_k, pool_v, start=state.pos - C + 1, chunk=C,
+                           rotate=self._unrotate if self.memory_rope == "edge" else None)
         mem.k.copy_(gather_rows(pool_k, ev.memory.src))
         mem.v.copy_(gather_rows(pool_v, ev.memory.src))
         if mem.gate is not None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 
 
-def admit(store, ev, keys, values, *, start: int, chunk: int) -> None:
+def admit(store, ev, keys, values, *, start: int, chunk: int, rotate=None) -> None:
     """Send the pool entries that `ev`'s updates evicted to `store` (a LayerStore).  The call's first chunk starts
-    at position `start` (update u closes chunk start + u*chunk); src indexes keys/values (B, n, Hk, Dh)."""
+    at position `start` (update u closes chunk start + u*chunk); src indexes keys/values (B, n, Hk, Dh).
+    `rotate(keys (B, N, Hk, Dh), positions (B, N))`, when given, is applied to the keys before they are stored
+    (memory_rope=edge stores them unrotated)."""
     lost, when = ev.pool, ev.evicted_at  # (B, N): the update that evicted each pool entry, -1 if none
     keep = when >= 0
     chunk_start = start + when.clamp(min=0) * chunk
@@ -27,6 +29,8 @@ def admit(store, ev, keys, values, *, start: int, chunk: int) -> None:
         return
     bi = torch.arange(keys.shape[0], device=keys.device)[:, None]
     k, v = keys[bi, lost.src.clamp(min=0)], values[bi, lost.src.clamp(min=0)]
+    if rotate is not None:
+        k = rotate(k, lost.pos.clamp(min=0))
     order = torch.where(keep, when, when.new_full((), 1 << 40)).argsort(dim=1, stable=True)  # update order
     for row in range(keys.shape[0]):
         sel = order[row][:int(keep[row].sum())]

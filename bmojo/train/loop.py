@@ -141,21 +141,35 @@ def loss_and_acc(model, inputs, labels):
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[Batch]) -> dict:
+def evaluate(model, batches: list[Batch], open_store=None) -> dict:
+    """Loss, perplexity and accuracy over the labelled positions of `batches`.  `open_store(rows)` -> an empty
+    bmojo.memory.Store gives every batch a fresh long-term store (closed after it; the largest store's bytes on
+    disk per sequence are reported as `store_bytes`)."""
     was = model.training
     model.eval()
     n = correct = 0
-    loss_sum = 0.0
+    loss_sum, store_bytes = 0.0, 0
     for inputs, labels in batches:
         mask = labels != -100
-        logits = model(inputs, logits_at=mask).logits.float()
+        if open_store is None:
+            logits = model(inputs, logits_at=mask).logits.float()
+        else:
+            store = open_store(inputs.shape[0])
+            try:
+                state = model.init_state(inputs.shape[0], inputs.device, store=store)
+                logits = model(inputs, state, return_state=True, logits_at=mask).logits.float()
+                store.flush()
+                store_bytes = max(store_bytes, store.info()["disk_bytes"] // store.rows)  # per sequence
+            finally:
+                store.close()
         target = labels[mask]
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
         n += target.numel()
     model.train(was)
     loss = loss_sum / max(n, 1)
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": correct / max(n, 1), "n": n}
+    out = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": correct / max(n, 1), "n": n}
+    return out if open_store is None else {**out, "store_bytes": store_bytes}
 
 
 def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_batches: list[Batch] | None = None,

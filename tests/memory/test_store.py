@@ -58,7 +58,8 @@ def test_store_with_room_for_everything_is_full_attention(tmp_path, T):
 
 
 @pytest.mark.parametrize("admit,B,kw", [("evicted", 2, {}), ("memory", 2, {}), ("evicted", 1, {}),  # B = 1: fast path
-                                        ("evicted", 2, {"null_key": True}), ("evicted", 1, {"null_key": True})])
+                                        ("evicted", 2, {"null_key": True}), ("evicted", 1, {"null_key": True}),
+                                        ("evicted", 2, {"memory_rope": "edge"}), ("evicted", 1, {"memory_rope": "edge"})])
 def test_parallel_equals_prefill_then_decode_with_store(tmp_path, admit, B, kw):
     """With the null key too: the store's entries and the null key share the per-query segment."""
     m = _model(**kw)
@@ -104,7 +105,8 @@ def test_admit_memory_stores_exactly_what_left_the_memory(tmp_path):
     assert all(0 < len(a) < len(b) for li in stored["memory"] for a, b in zip(stored["memory"][li], stored["evicted"][li]))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1, selection_gate=True), dict(memory_size=2, chunk=2)])
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1, selection_gate=True), dict(memory_size=2, chunk=2),
+                                dict(memory_rope="edge")])
 def test_training_store_equals_a_fresh_exact_store(tmp_path, kw):
     """`train_store_topk`: a training forward builds its store from its own evictions.  It must equal the eval
     forward and the prefill + decode path reading a real, fresh, exact store; and gradients reach the keys and
@@ -529,3 +531,38 @@ def test_training_store_gradients_equal_the_reference_backend():
     for n in grads["ref"]:
         assert_close(grads["fast"][n], grads["ref"][n], rtol=1e-4, name=n)
     assert any("v_proj" in n for n in grads["ref"])
+
+
+@pytest.mark.parametrize("T", [23, 61])
+def test_edge_store_with_room_for_everything_reads_every_old_key_at_the_block_edge(tmp_path, T):
+    """memory_rope=edge, fading off, a store read with top-k >= T: query i attends to its window at the keys' own
+    positions and to every older key (memory or store) rotated at its block's edge e = i - i mod C - W.  Checked
+    against a dense softmax built here from the projections (no code shared with the layer's store path)."""
+    import math
+
+    from bmojo.ops.rope import apply_rope, rope_cos_sin
+
+    cfg = tiny("bmojo-paper", fading=False, memory_size=3, memory_rope="edge", n_kv_heads=4)
+    torch.manual_seed(0)
+    b = randomise_extras(BMojoMixer(cfg, 0)).eval()
+    x = torch.randn(2, T, 32, generator=seeded(1))
+    W, C, H, Dh = b.window, b.chunk, b.n_heads, b.head_dim
+    with torch.no_grad(), _mixer_store(tmp_path, b, topk=T, search="exact") as store:
+        st = b.init_state(2)
+        st.store = store.layer(0)
+        y, _ = b(x, st)
+        a = b._attn_input(x, None, False)[0]
+        q0, k0 = b.q_proj(a).view(2, T, H, Dh), b.k_proj(a).view(2, T, H, Dh)
+        v = b.v_proj(a).view(2, T, H, Dh)
+        rot = lambda t, p: apply_rope(t, *(c.view(*p.shape, 1, Dh) for c in rope_cos_sin(p.flatten(), Dh, b.rope_theta,
+                                                                                            t.dtype, b.rope_fraction)))
+        pos = torch.arange(T)
+        q, k = rot(q0, pos), rot(k0, pos)
+        out = torch.zeros(2, T, H, Dh)
+        for i in range(T):
+            e = torch.tensor(i - i % C - W)
+            keys = torch.cat([rot(k0[:, :max(0, i - W + 1)], e.expand(max(0, i - W + 1))), k[:, max(0, i - W + 1):i + 1]], 1)
+            s = torch.einsum("bhd,bjhd->bhj", q[:, i], keys) / math.sqrt(Dh)
+            out[:, i] = torch.einsum("bhj,bjhd->bhd", s.softmax(-1), v[:, :i + 1])
+        want = b.o_proj(out.reshape(2, T, H * Dh))
+    assert_close(y, want, rtol=1e-4, name="edge store vs dense edge attention")
