@@ -1,6 +1,6 @@
 """A minimal, dense, readable B'MOJO layer: the test oracle.
 
-Everything is O(T^2) and written from the definitions in DESIGN.md section 3, sharing no code with the
+Everything is O(T^2) and written from the layer's definitions (docs/model.md), sharing no code with the
 fast paths, only the mixer's weights: RoPE in complex form, the causal conv as a padded F.conv1d, the SSM
 (Mamba-1 or Mamba-2) as a loop over time from its equations, the eidetic memory as a prefix top-M (with decay
 1 and static scores, "top-M of memory plus chunk" is top-M over everything before the chunk), and attention as

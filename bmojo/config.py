@@ -108,7 +108,8 @@ class ModelConfig:
     memory_rope: str = _f("own", f"where the eidetic keys sit under RoPE, one of {MEMORY_ROPES}: own = at their "
                                  "own positions (a query sees each entry's true distance); edge = at the window's "
                                  "edge before the reading block (every entry W..W+C-1 away: matched by content, at "
-                                 "any length)")
+                                 "any length); with edge the long-term store keeps keys unrotated and is searched "
+                                 "and read at the same edge")
     fading_gate: float | None = _f(None, "a learned logit offset on every fading key, starting at this value (e.g. "
                                          "-4: the fading segment starts nearly switched off and the task opens it); "
                                          "None = no offset")

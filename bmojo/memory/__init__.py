@@ -1,4 +1,4 @@
-"""The long-term, in-storage memory of B'MOJO layers (DESIGN section 5): bmojo.memory.store (the live
+"""The long-term, in-storage memory of B'MOJO layers (docs/store.md): bmojo.memory.store (the live
 store) and bmojo.memory.disk (its format and recovery)."""
 from bmojo.memory.index import LayerIndex, ann_available
 from bmojo.memory.disk import clear, describe, store_files, verify

@@ -1,4 +1,4 @@
-"""The in-storage memory (DESIGN section 5): every token that leaves a B'MOJO layer's eidetic pool (an entry
+"""The in-storage memory (docs/store.md): every token that leaves a B'MOJO layer's eidetic pool (an entry
 evicted from the memory, or a chunk candidate that did not get in; with StoreConfig.admit="memory" only the
 former) is appended to a store on disk, and later queries retrieve their best matches from it.
 

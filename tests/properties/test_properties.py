@@ -87,7 +87,7 @@ def test_causal_conv_fast_equals_reference(T, K, D, seed):
 @given(T=st.integers(1, 40), chunk=st.integers(1, 8), M=st.integers(1, 10),
        seed=st.integers(0, 99))
 def test_chunk_loop_memory_equals_prefix_topk(T, chunk, M, seed):
-    """With decay 1, the memory each block sees is the top-M of every earlier chunk (DESIGN section 3)."""
+    """With decay 1, the memory each block sees is the top-M of every earlier chunk (docs/model.md)."""
     scores = torch.rand(2, T, generator=seeded(seed))
     blocks = eidetic_memory(scores, start=0, chunk=chunk, memory=Entries.empty(2, M, "cpu"),
                             pending=Entries.empty(2, 0, "cpu"), src_offset=0).blocks
