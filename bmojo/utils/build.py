@@ -3,8 +3,9 @@
 torch's JIT loader builds in a folder named after the extension and guards it with a lock file that a process
 killed mid-build leaves behind, after which every later load waits on it forever, in silence; and it rebuilds
 whenever the source's path changes (another checkout).  Here:
-  - the build folder is named by a hash of the source text, the flags and the torch version, and the source is
-    copied into it, so any checkout with the same source shares one build (built once);
+  - the build folder is named by a hash of the source text, the flags and the torch it compiles against (version
+    and path), and the source is copied into it, so any checkout with the same source and environment shares one
+    build (built once);
   - an OS lock (flock, released by the kernel when its holder dies, however it dies) serialises builders; a
     process that has to wait says so within a few seconds, naming the lock and its holder;
   - while holding it, a lock file torch left behind is stale by construction and is removed.
@@ -28,7 +29,9 @@ def build_folder(name: str, source: Path, flags: list[str]) -> Path:
     from torch.utils.cpp_extension import get_default_build_root
 
     h = hashlib.sha256(source.read_bytes())
-    h.update(repr((flags, torch.__version__)).encode())
+    # the torch it compiles against: its version and its headers' path (another environment is another build,
+    # which torch's loader would otherwise redo in place each time the two alternate)
+    h.update(repr((flags, torch.__version__, str(Path(torch.__file__).parent))).encode())
     return Path(get_default_build_root()) / f"{name}-{h.hexdigest()[:12]}"
 
 
