@@ -110,7 +110,7 @@ def run(args) -> int:
         print("[compiling the decode step: the first tokens wait for it]", file=sys.stderr)
         step = compile_step(model)
     try:
-        with StopOnCtrlC(True, "ending after this token" + (" and saving the session" if store else "")) \
+        with StopOnCtrlC(True, "ending after this token" + (" and saving the session" if store is not None else "")) \
                 as ctrl_c:  # a first Ctrl-C ends generation after the current token
             _, state = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,

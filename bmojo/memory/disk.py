@@ -130,10 +130,12 @@ def recover(folder: Path, spec: dict, apply: bool = True) -> tuple[dict[int, int
                            "reason": f"record(s) {_ranges(bad)} of {path.name} fail their CRC or their commit's: "
                                      f"corrupted on disk; dropped, the {n - len(bad)} intact records kept"})
             aside.append((f"{path.name}.corrupt", b"".join(data[i * size:(i + 1) * size] for i in bad)))
-        if short or len(data) != n * size or bad:
+        if short or bad:  # records go: the kept ones are rewritten, and the cut committed
             keep = sorted(set(range(n)) - set(bad))
-            rewrites[layer] = (path, b"".join(data[i * size:(i + 1) * size] for i in keep), short or bool(bad))
+            rewrites[layer] = (path, b"".join(data[i * size:(i + 1) * size] for i in keep))
             committed[layer] = len(keep)
+        elif len(data) > n * size:  # only a crash's uncommitted tail: cut the file, nothing to rewrite or commit
+            rewrites[layer] = (path, n * size)
     if apply and (aside or rewrites):
         where = move_aside(folder, aside)
         for r in report:
@@ -141,13 +143,16 @@ def recover(folder: Path, spec: dict, apply: bool = True) -> tuple[dict[int, int
         if good < len(raw):
             with open(log, "r+b") as f:
                 f.truncate(good)
-        for layer, (path, kept, cut) in rewrites.items():
+        for layer, (path, kept) in rewrites.items():
+            if isinstance(kept, int):
+                with open(path, "r+b") as f:
+                    f.truncate(kept)
+                continue
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(kept)
             os.replace(tmp, path)
-            if cut:  # commit the cut, so the next open agrees
-                with open(log, "ab") as f:
-                    f.write(commit_record(layer, committed[layer], zlib.crc32(kept)))
+            with open(log, "ab") as f:  # commit the cut, so the next open agrees
+                f.write(commit_record(layer, committed[layer], zlib.crc32(kept)))
     return committed, report
 
 
