@@ -54,8 +54,9 @@ def add_dataclass_args(parser, cls, skip=(), defaults: dict | None = None) -> No
         if f.name in skip:
             continue
         default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
+        flag = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}  # `--compile` = `--compile true`
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{cls.__name__}__{f.name}", default=None, metavar="V",
-                       help=f"{f.metadata.get('help', '')} (default: {default})")
+                       help=f"{f.metadata.get('help', '')} (default: {default})", **flag)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, defaults: dict | None = None, **fixed):

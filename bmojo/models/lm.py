@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from bmojo.config import ModelConfig
 from bmojo.layers.norm import RMSNorm
@@ -48,6 +49,7 @@ class BMojoLM(nn.Module):
         self.cfg = cfg
         self.backend = resolve_backend(cfg.impl)  # for CPU float32 parameters; resolved again when the model moves
         self.fingerprint = cfg.fingerprint()  # of the architecture as built (decode checks it every step)
+        self.checkpoint_activations = False  # training only: recompute each block in the backward (bmojo train)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i, self.backend) for i in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -111,8 +113,13 @@ class BMojoLM(nn.Module):
             self._check_state(state, ids.shape[0])
         h = self.embed(ids.long())
         states, aux, records = [], [], []
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled() and state is None \
+            and not return_state and not record
         for i, block in enumerate(self.layers):
-            out = block(h, state.layers[i] if state is not None else None, return_state, record)
+            if recompute:  # keep only each block's input; its activations are recomputed in the backward pass
+                out = torch.utils.checkpoint.checkpoint(block, h, None, False, False, use_reentrant=False)
+            else:
+                out = block(h, state.layers[i] if state is not None else None, return_state, record)
             h = out[0]
             states.append(out[1])
             records.append(out.record)

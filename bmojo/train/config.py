@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 from bmojo.config import ConfigError, _f, checked_kwargs
 
+PRECISIONS = ("fp32", "bf16-mixed")
+
 
 @dataclass
 class TrainConfig:
@@ -31,11 +33,21 @@ class TrainConfig:
     parallel: str = _f("ddp", "with several processes (torchrun): ddp (replicated model) or fsdp (FSDP2, sharded)")
     skip_nonfinite: bool = _f(False, "skip (and count) a batch whose loss or gradients are NaN/Inf instead of "
                                      "stopping with an error")
+    precision: str = _f("fp32", "fp32, or bf16-mixed: the forward and backward under bf16 autocast, the weights, "
+                                "gradients and optimizer state kept in fp32")
+    grad_accum: int = _f(1, "split each batch into this many micro-batches, one forward and backward each, then one "
+                            "update: the same step as the whole batch at 1/N of its activation memory")
+    compile: bool = _f(False, "run the training forward under torch.compile (the first steps pay the compile)")
+    checkpoint_activations: bool = _f(False, "recompute each block's activations in the backward pass instead of "
+                                             "keeping them: less memory for about one more forward per step")
+    tensorboard: str | None = _f(None, "also write loss, perplexity, learning rate, tokens/s and gradient norm as "
+                                       "TensorBoard event files in this folder (pip install tensorboard); "
+                                       "metrics.jsonl stays the record")
 
     def __post_init__(self):
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
-        for name in ("steps", "batch_size", "eval_batches", "log_every"):
+        for name in ("steps", "batch_size", "eval_batches", "log_every", "grad_accum"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a positive integer")
         for name in ("warmup", "eval_every", "save_every", "plateau_min_steps"):
@@ -47,6 +59,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"TrainConfig.parallel={self.parallel!r}: allowed: ddp, fsdp")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision={self.precision!r}: allowed: {', '.join(PRECISIONS)}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"TrainConfig.grad_accum={self.grad_accum}: must divide batch_size={self.batch_size} "
+                              "(equal micro-batches)")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ConfigError(f"TrainConfig.target_acc={self.target_acc!r}: must be in (0, 1] or None")
         b = self.betas
@@ -56,7 +73,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.plateau={self.plateau!r}: must be in [0, 1) or None")
 
     # the fields a resumed run may change: they do not change what is trained
-    MAY_CHANGE_ON_RESUME = ("steps", "progress", "skip_nonfinite", "parallel")
+    MAY_CHANGE_ON_RESUME = ("steps", "progress", "skip_nonfinite", "parallel", "grad_accum", "compile",
+                            "checkpoint_activations", "tensorboard")
 
     def to_dict(self) -> dict:
         d = asdict(self)

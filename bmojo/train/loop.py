@@ -22,7 +22,7 @@ from bmojo.train.checkpoint import check_file, has_checkpoint, load_optimizer, l
 from bmojo.train.config import TrainConfig
 from bmojo.train import dist
 from bmojo.train.optim import group_names, lr_at, make_optimizer, no_decay_names
-from bmojo.train.progress import MetricsLog, Progress
+from bmojo.train.progress import MetricsLog, Progress, TensorBoardLog
 from bmojo.utils.interrupt import StopOnCtrlC
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -67,6 +67,11 @@ def claim_run_folder(out_dir: str | Path, overwrite: bool = False) -> None:
     for n in found:
         f = out / n
         shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
+def _item(t: torch.Tensor) -> float:
+    """A scalar tensor's value; a DTensor (FSDP2) is gathered first."""
+    return float(t.full_tensor() if hasattr(t, "full_tensor") else t)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -130,13 +135,19 @@ class TrainResult:
     already_done: bool = False  # a resume found the run finished: nothing was trained or written
 
 
-def loss_and_acc(model, inputs, labels):
-    """Cross entropy and accuracy at labelled positions (the head is computed there only)."""
+def loss_and_acc(model, inputs, labels, masked_head: bool = True):
+    """Cross entropy and accuracy at labelled positions.  masked_head: the head is computed there only; otherwise
+    at every position and the unlabelled ones are ignored (the same numbers, and no data-dependent shape inside
+    the model, which torch.compile would break its graph on)."""
     mask = labels != -100
-    out = model(inputs, logits_at=mask)
-    target = labels[mask]
-    loss = F.cross_entropy(out.logits.float(), target)
-    acc = (out.logits.argmax(-1) == target).float().mean()
+    if masked_head:
+        out = model(inputs, logits_at=mask)
+        logits, target = out.logits, labels[mask]
+    else:
+        out = model(inputs)
+        logits, target = out.logits[mask], labels[mask]
+    loss = F.cross_entropy(logits.float(), target)
+    acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc, out.aux_loss
 
 
@@ -186,6 +197,10 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     if ckpt is not None and not resume and (d is None or d.main):
         claim_run_folder(out_dir, overwrite)
     no_decay = no_decay_names(model)  # read before any wrapping, which may drop the tags
+    if cfg.checkpoint_activations:
+        if not hasattr(model, "checkpoint_activations"):
+            raise ConfigError(f"checkpoint_activations: {type(model).__name__} does not support it")
+        model.checkpoint_activations = True
     # 1. resume: the weights and the step to start from (the optimizer state is read once the optimizer exists)
     start, saved = _restore(model, ckpt, resume)
     if saved is not None and start >= cfg.steps:
@@ -258,21 +273,30 @@ def _prepare(model, cfg: TrainConfig, d, no_decay: set[str], saved: dict | None)
 
 def _step(net, opt, cfg: TrainConfig, d, batch_fn, step: int, ckpt, run) -> dict | None:
     """Forward, backward, the non-finite check and the update of step `step` -> its loss and accuracy (the global
-    batch's, as one process would report them), or None for a skipped batch."""
+    batch's, as one process would report them), or None for a skipped batch.  With grad_accum N the batch runs as
+    N micro-batches, each loss weighted by its share of the labelled tokens, so the update is the whole batch's."""
     inputs, labels = batch_fn(step)
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    n_here = n_all = None
+    n_all = int((labels != -100).sum())
     if d is not None:
-        n_all = int((labels != -100).sum())
         inputs, labels = d.rows(inputs).to(d.device), d.rows(labels).to(d.device)
-    loss, acc, aux = loss_and_acc(net, inputs, labels)
-    scale = 1.0
-    if d is not None:  # weight this rank's mean by its share of the labelled tokens: DDP/FSDP average ranks
-        n_here = int((labels != -100).sum())
-        scale = n_here * d.world / max(n_all, 1)
+    n_here = int((labels != -100).sum())
+    # DDP/FSDP average the ranks' gradients: weight this rank by its share of the global batch's labelled tokens
+    scale = n_here * (d.world if d is not None else 1) / max(n_all, 1)
+    forward = run.forward(net)
     opt.zero_grad(set_to_none=True)
-    (loss * scale + aux if aux is not None else loss * scale).backward()
+    loss = acc = aux = None
+    for x, y in zip(inputs.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum)):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.precision == "bf16-mixed"):
+            l_i, a_i, aux_i = loss_and_acc(forward, x, y, masked_head=not cfg.compile)
+        w = int((y != -100).sum()) / max(n_here, 1)
+        aux_i = aux_i / cfg.grad_accum if aux_i is not None else None  # a mean per micro-batch of equal size
+        (l_i * (w * scale) + aux_i if aux_i is not None else l_i * (w * scale)).backward()
+        loss, acc = (l_i.detach() * w, a_i.detach() * w) if loss is None else (loss + l_i.detach() * w,
+                                                                                acc + a_i.detach() * w)
+        if aux_i is not None:
+            aux = aux_i.detach() if aux is None else aux + aux_i.detach()
     bad = _nonfinite(loss, aux, net)
     if d is not None and d.any(bad is not None) and bad is None:
         bad = "non-finite values on another process"
@@ -285,14 +309,14 @@ def _step(net, opt, cfg: TrainConfig, d, batch_fn, step: int, ckpt, run) -> dict
         opt.zero_grad(set_to_none=True)
         run.skip(step, bad)
         return None
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    # the norm before clipping (an infinite bound clips nothing): logged as grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     opt.step()
     loss_v, acc_v = loss.item(), acc.item()
     if d is not None:
         loss_v = d.all_sum(loss_v * n_here) / max(n_all, 1)
         acc_v = d.all_sum(acc_v * n_here) / max(n_all, 1)
-    return {"loss": loss_v, "acc": acc_v, "aux": aux.detach() if aux is not None else None,
+    return {"loss": loss_v, "acc": acc_v, "aux": aux, "grad_norm": grad_norm,
             "tokens": inputs.numel() * (d.world if d is not None else 1)}
 
 
@@ -315,9 +339,19 @@ class _Run:
         if resumed_at is not None:  # rows past the checkpoint came from steps that are about to be redone
             self.log.keep_until(resumed_at)
         self.bar = Progress(cfg.steps, desc, cfg.progress and main)
+        self.tb = TensorBoardLog(cfg.tensorboard) if cfg.tensorboard and main else None
+        self._compiled = None
         self.history, self.eval, self.stopped, self.curve = [], {}, False, []
         self.t_train, self.tokens, self.skipped = 0.0, 0, 0
         self.t_start = time.perf_counter()
+
+    def forward(self, net):
+        """The module the training forward calls: `net`, or (cfg.compile) one torch.compile of it, kept."""
+        if not self.cfg.compile:
+            return net
+        if self._compiled is None:
+            self._compiled = torch.compile(net)
+        return self._compiled
 
     def skip(self, step: int, reason: str) -> None:
         self.skipped += 1
@@ -332,7 +366,8 @@ class _Run:
         done, row = step + 1, None
         if done % cfg.log_every == 0 or done == cfg.steps:
             row = {"step": done, "steps": cfg.steps, "loss": r["loss"], "acc": r["acc"], "lr": lr_at(step, cfg),
-                   "tokens_per_s": tok_s, "elapsed_s": round(time.perf_counter() - self.t_start, 3)}
+                   "tokens_per_s": tok_s, "grad_norm": _item(r["grad_norm"]),
+                   "elapsed_s": round(time.perf_counter() - self.t_start, 3)}
             if r["aux"] is not None:  # read only when logged: one host sync less per step
                 row["aux_loss"] = r["aux"].item() if d is None else d.all_sum(r["aux"].item()) / d.world
         if eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
@@ -345,6 +380,8 @@ class _Run:
         if row is not None:
             self.history.append(row)
             self.log.write(**row)
+            if self.tb is not None:
+                self.tb.write(row)
         self.bar.update(done, loss=r["loss"], acc=r["acc"], tok_s=int(tok_s),
                         **({"eval_acc": self.eval["acc"], "eval_ppl": self.eval["ppl"]} if self.eval else {}))
         if self.ckpt is not None and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps \
@@ -354,6 +391,8 @@ class _Run:
 
     def finish(self, steps_done: int) -> TrainResult:
         self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
         path = self.save({"step": steps_done, "eval": self.eval}) if self.ckpt is not None else None
         return TrainResult(steps_done, self.t_train, self.eval, self.history, self.stopped, path, self.skipped)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,3 +61,34 @@ class MetricsLog:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+class TensorBoardLog:
+    """The metrics rows again as TensorBoard scalars (train/loss, train/ppl, train/lr, train/tokens_per_s,
+    train/grad_norm, eval/loss, eval/ppl, eval/acc, ...), one event file per run segment in `folder`.
+    metrics.jsonl stays the record; this is for watching a run."""
+
+    NAMES = {"loss": "train/loss", "acc": "train/acc", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
+             "grad_norm": "train/grad_norm", "aux_loss": "train/aux_loss"}
+
+    def __init__(self, folder: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from bmojo.config import ConfigError
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'bmojo[track]' "
+                              "(or tensorboard)") from None
+        self.writer = SummaryWriter(str(folder), flush_secs=10)
+
+    def write(self, row: dict) -> None:
+        step = row["step"]
+        if "loss" in row:
+            self.writer.add_scalar("train/ppl", math.exp(min(row["loss"], 700.0)), step)
+        for k, v in row.items():
+            name = self.NAMES.get(k) or (f"eval/{k[5:]}" if k.startswith("eval_") and k != "eval_n" else None)
+            if name is not None and isinstance(v, (int, float)):
+                self.writer.add_scalar(name, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
