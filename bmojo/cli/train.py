@@ -40,7 +40,13 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--config", default=None, metavar="FILE",
                    help='a JSON file of settings: {"preset", "seq_len", "params", "model": {ModelConfig fields}, '
-                        '"train": {TrainConfig fields}}; options given on the command line win')
+                        '"train": {TrainConfig fields}, "vocab_size": the vocabulary it was sized for, "about": '
+                        'text}; options given on the command line win (recipes: configs/)')
+    p.add_argument("--dry-run", action="store_true", help="print the parameters, decode-state bytes, tokens per "
+                   "step and an estimate of training memory per process, then stop: the model is built on the meta "
+                   "device (no weights allocated) and no corpus is read")
+    p.add_argument("--processes", type=int, default=None, help="with --dry-run: plan for this many data-parallel "
+                   "processes (GPUs) (default: $WORLD_SIZE, else 1)")
     add_dataclass_args(p, TrainConfig, skip=("target_acc",), defaults=TRAIN_DEFAULTS)
     p.set_defaults(func=run)
 
@@ -53,11 +59,15 @@ def read_config(file: str) -> tuple[dict, dict, dict]:
 
     path = Path(file)
     d = read_json(path, ConfigError, "bmojo train config")
-    known = [f.name for f in fields(LMSpec)] + ["train"]
+    known = [f.name for f in fields(LMSpec)] + ["train", "vocab_size", "about"]
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {unknown}; known fields: {known}")
-    spec = checked_kwargs(LMSpec, {k: v for k, v in d.items() if k != "train"}, str(path))
+    if "vocab_size" in d and not (isinstance(d["vocab_size"], int) and d["vocab_size"] > 1):
+        raise ConfigError(f"{path}: field vocab_size={d['vocab_size']!r}: must be an integer > 1")
+    spec = checked_kwargs(LMSpec, {k: v for k, v in d.items() if k not in ("train", "vocab_size", "about")}, str(path))
+    if "vocab_size" in d:
+        spec["vocab_size"] = d["vocab_size"]
     if "preset" in spec and spec["preset"] not in PRESETS:
         raise ConfigError(f"{path}: field preset={spec['preset']!r}; allowed: {sorted(PRESETS)}")
     model = checked_kwargs(ModelConfig, spec.pop("model", {}), f"{path}: model")
@@ -71,6 +81,7 @@ def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     file_run, file_model, file_train = ({}, {}, {})
     if args.config:
         file_run, file_model, file_train = read_config(args.config)
+    args.recipe_vocab = file_run.pop("vocab_size", None)
     pick = {k: getattr(args, k) if getattr(args, k) is not None else file_run.get(k, getattr(LMSpec, k))
             for k in ("preset", "seq_len", "params")}
     spec = LMSpec(pick["preset"], pick["seq_len"], pick["params"], {**file_model, **model_overrides(args.model_opt)})
@@ -134,6 +145,29 @@ def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int) -> list[str]:
     return out
 
 
+def dry_run(args, spec: LMSpec, tcfg: TrainConfig) -> int:
+    """`--dry-run`: the plan of the run (bmojo.train.plan), from the settings alone."""
+    import os
+
+    from bmojo.config import ConfigError
+    from bmojo.train.lm import model_config
+    from bmojo.train.plan import describe, plan
+
+    if args.resume:
+        raise ConfigError("--dry-run plans a new run; leave out --resume")
+    vocab = getattr(args, "recipe_vocab", None) or (256 if args.tokenizer == "byte" else args.vocab_size)
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", 1))
+    if processes < 1:
+        raise ConfigError(f"--processes {processes}: must be >= 1")
+    try:
+        p = plan(model_config(spec, vocab), tcfg, spec.seq_len, processes)
+    except ValueError as e:
+        raise ConfigError(f"--dry-run: {e}") from None
+    print(describe(p, f"{spec.preset} (vocabulary {vocab:,}, context {spec.seq_len:,})", spec.params))
+    print(json.dumps({"preset": spec.preset, "vocab_size": vocab, "seq_len": spec.seq_len, **p}))
+    return 0
+
+
 def run(args) -> int:
     from bmojo.config import ConfigError
     from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus
@@ -149,6 +183,8 @@ def run(args) -> int:
         spec, tcfg, folder = _spec_from_checkpoint(args, Path(args.out))
     else:
         spec, tcfg = _spec_from_args(args)
+    if args.dry_run:
+        return dry_run(args, spec, tcfg)
     d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
     main = d is None or d.main
     if not main:
@@ -168,6 +204,11 @@ def run(args) -> int:
     if main and not args.resume:
         for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size):
             print(f"train: warning: {w}", file=sys.stderr, flush=True)
+        sized = getattr(args, "recipe_vocab", None)
+        if sized and sized != corpus.tokenizer.vocab_size:
+            print(f"train: warning: {args.config} was sized for a vocabulary of {sized:,}; this tokenizer has "
+                  f"{corpus.tokenizer.vocab_size:,}, so the parameter count differs from the recipe's",
+                  file=sys.stderr, flush=True)
     if main:
         print(f"train: {spec.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
               f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),

@@ -17,7 +17,7 @@ import torch
 from bmojo.config import ConfigError, ModelConfig, _f
 from bmojo.data.text.corpus import TokenCorpus
 from bmojo.data.text.tokenizer import tokenizer_files
-from bmojo.models import BMojoLM, size_to_params
+from bmojo.models import BMojoLM, preset, size_to_params
 from bmojo.train.checkpoint import has_checkpoint, read_meta
 from bmojo.train.config import TrainConfig
 from bmojo.train.loop import TrainResult, train
@@ -39,9 +39,11 @@ class LMSpec:
 
 
 def model_config(spec: LMSpec, vocab_size: int, max_len: int | None = None) -> ModelConfig:
+    """The run's ModelConfig: the preset with the overrides, and d_model sized to `spec.params` unless the
+    overrides fix it (the recipes in configs/ do)."""
     kw = {**DEFAULT_LM_MODEL, **spec.model, "vocab_size": vocab_size,
           "max_seq_len": max(max_len or 0, 16 * spec.seq_len, spec.model.get("max_seq_len", 0))}
-    return size_to_params(spec.preset, spec.params, **kw)
+    return preset(spec.preset, **kw) if "d_model" in spec.model else size_to_params(spec.preset, spec.params, **kw)
 
 
 def _windows(tokens: np.ndarray, starts, seq_len: int) -> torch.Tensor:
