@@ -52,3 +52,23 @@ def randomise_extras(module, std=0.3):
 
 # A language model small enough to train for a few steps in a test.
 TINY_LM = {"n_layers": 1, "n_heads": 2, "window": 8, "chunk": 4, "memory_size": 4, "ssm_head_dim": 8, "d_state": 4}
+
+
+def hf_tokenizer_folder(folder, texts, bos: bool = True):
+    """An HF tokenizer folder as a user or `bmojo convert` has one: tokenizer.json (a byte-level BPE with <unk>, <s>,
+    </s>) and tokenizer_config.json naming BOS and EOS.  Returns the `tokenizers.Tokenizer`."""
+    import json
+
+    import tokenizers as tk
+
+    folder.mkdir()
+    tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                              "add_bos_token": bos}))
+    return tok

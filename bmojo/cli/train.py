@@ -192,12 +192,14 @@ def run(args) -> int:
     if args.resume:
         corpus = TokenCorpus(folder)
         if args.corpus != "stdlib" or args.tokenizer != "byte" or args.data != DEFAULT_ROOT:
-            given = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
+            given = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
+                                text_field=args.text_field)
             if given.folder.resolve() != corpus.folder.resolve():
                 raise ConfigError(f"--resume: the run was trained on {corpus.folder}, not {given.folder}; "
                                   "leave out --corpus")
     else:
-        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data)
+        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
+                                text_field=args.text_field)
     if d is not None and main:
         d.barrier()
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")

