@@ -7,6 +7,7 @@ where nothing is asked; the LM head runs only at labelled positions.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -193,6 +194,9 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     processes, the model is wrapped in DDP or FSDP2 (cfg.parallel) and each process trains on its rows of every
     global batch (bmojo.train.dist)."""
     d = dist.setup(cfg.parallel, cfg.batch_size)
+    if d is not None and (cfg.batch_size // d.world) % cfg.grad_accum:
+        raise ConfigError(f"grad_accum={cfg.grad_accum}: must divide the {cfg.batch_size // d.world} rows each of the "
+                          f"{d.world} processes gets of batch_size={cfg.batch_size}")
     ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
     if ckpt is not None and not resume and (d is None or d.main):
         claim_run_folder(out_dir, overwrite)
@@ -349,8 +353,9 @@ class _Run:
         """The module the training forward calls: `net`, or (cfg.compile) one torch.compile of it, kept."""
         if not self.cfg.compile:
             return net
-        if self._compiled is None:
-            self._compiled = torch.compile(net)
+        if self._compiled is None:  # BMOJO_COMPILE_BACKEND picks another backend, e.g. aot_eager to debug
+            backend = os.environ.get("BMOJO_COMPILE_BACKEND")
+            self._compiled = torch.compile(net, backend=backend) if backend else torch.compile(net)
         return self._compiled
 
     def skip(self, step: int, reason: str) -> None:

@@ -24,14 +24,14 @@ def corpus(tmp_path_factory):
     return texts, root / "data"
 
 
-def _train(corpus, out, steps, nproc, *extra):
+def _train(corpus, out, steps, nproc, *extra, env_extra=None):
     texts, data = corpus
     args = ["-m", "bmojo", "--threads", "1", "train", "--preset", "bmojo", "--corpus", str(texts), "--data", str(data),
             "--seq-len", "16", "--params", "15000", "--steps", str(steps), "--batch-size", "4", "--eval-every", "0",
             "--log-every", "1", "--save-every", "2", "--progress", "false", "--out", str(out), *TINY, *extra]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     r = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -52,6 +52,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(corpus, tmp_path, mo
     b, _ = load_checkpoint(tmp_path / "two" / "checkpoint")
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), n
+
+
+def test_every_large_run_option_combines_under_fsdp(corpus, tmp_path):
+    """bf16-mixed, gradient accumulation, activation checkpointing, a compiled forward (AOT autograd backend: inductor
+    costs minutes here) and TensorBoard, together, on 2 FSDP processes: the losses of one process with the same
+    options, and the events written once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    opts = ["--precision", "bf16-mixed", "--grad-accum", "2", "--checkpoint-activations", "--compile"]
+    env = {"BMOJO_COMPILE_BACKEND": "aot_eager"}
+    one = _losses(_train(corpus, tmp_path / "one", 3, 1, *opts, env_extra=env))
+    two = _losses(_train(corpus, tmp_path / "two", 3, 2, *opts, "--parallel", "fsdp", "--tensorboard",
+                         str(tmp_path / "tb"), env_extra=env))
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for k in one:  # bf16 rounding differs with the rows per matmul
+        assert abs(one[k] - two[k]) <= 1e-2 * abs(one[k]), (k, one[k], two[k])
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert len(list((tmp_path / "tb").iterdir())) == 1  # rank 0 only
 
 
 def test_checkpoints_move_between_process_counts(corpus, tmp_path):
