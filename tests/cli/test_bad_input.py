@@ -64,14 +64,14 @@ def test_empty_and_too_short_corpora(tmp_path, capsys):
 def test_truncated_token_file_names_the_file(tmp_path, texts, capsys):
     assert main(["data", "prepare", "--corpus", str(texts), "--data", str(tmp_path / "data")]) == 0
     folder = next((tmp_path / "data").glob("texts-*/byte-*"))
-    f = folder / "train.bin"
+    f = folder / "train-00000.bin"
     f.write_bytes(f.read_bytes()[:-7])
     capsys.readouterr()
     assert _train(tmp_path, folder) == 2  # the prepared folder itself: an error naming the file
     err = capsys.readouterr().err
-    assert "train.bin" in err and "bytes" in err
+    assert "train-00000.bin" in err and "bytes" in err
     assert _train(tmp_path, texts) == 0  # from the source texts: reported, then prepared again
-    assert "train.bin" in capsys.readouterr().out
+    assert "train-00000.bin" in capsys.readouterr().out
 
 
 def test_foreign_or_other_version_checkpoints_lose_nothing(tmp_path, texts, capsys):

@@ -71,7 +71,13 @@ def test_a_corpus_manifest_cannot_point_outside_its_folder(tmp_path):
     folder = prepare(str(src), root=tmp_path / "data")
     (tmp_path / "secret.bin").write_bytes(b"x" * 10)
     m = json.loads((folder / "manifest.json").read_text())
-    m["splits"]["train"]["file"] = "../../../secret.bin"
+    m["splits"]["train"]["shards"][0]["file"] = "../../../secret.bin"
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ConfigError, match="splits.train.file.*leads outside"):
+    with pytest.raises(ConfigError, match="splits.train.shards.file.*leads outside"):
         TokenCorpus(folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["splits"]["train"]["shards"][0]["file"] = "train-00000.bin"
+    m["splits"]["train"]["index"] = "../../../secret.bin"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ConfigError, match="splits.train.index.*leads outside"):
+        TokenCorpus(folder).split_documents("train")

@@ -95,7 +95,7 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     src = _source(corpus, source, Path(root), text_field)
     t0 = time.perf_counter()
     log(f"reading {src.description}")
-    names, skipped, corpus_hash, n_bytes, pieces = _scan(src, tok_tag, settings, min_bytes, strict)
+    names, skipped, corpus_hash, n_bytes, pieces = _scan(corpus, src, tok_tag, settings, min_bytes, strict)
     corpus_id = corpus_hash[:12]
     out = Path(root) / corpus_tag(corpus) / f"{tok_tag}-{corpus_id}"
     if not force and (out / "manifest.json").is_file():
@@ -146,7 +146,7 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     return out
 
 
-def _scan(src: Source, tok_tag: str, settings: dict, min_bytes: int, strict: bool):
+def _scan(corpus: str, src: Source, tok_tag: str, settings: dict, min_bytes: int, strict: bool):
     """The first pass -> (names, skipped, SHA-256 hex of everything that decides the tokens, bytes, pieces): a
     corpus of fewer than 3 documents is cut into pieces (`pieces` = 20), to have three splits."""
     skipped = Skipped()
@@ -156,7 +156,7 @@ def _scan(src: Source, tok_tag: str, settings: dict, min_bytes: int, strict: boo
         names.append(name)
         n_bytes += _hash_document(h, name, text)
     if not names:
-        raise ConfigError(f"--corpus {src.name}: no usable documents (skipped {skipped.summary()})")
+        raise ConfigError(f"--corpus {corpus}: no usable documents (skipped {skipped.summary()})")
     if len(names) >= 3:
         return names, skipped, h.hexdigest(), n_bytes, 0
     h = hashlib.sha256(json.dumps({"tokenizer": tok_tag, "settings": settings}, sort_keys=True).encode())
