@@ -182,6 +182,13 @@ def load_lm_checkpoint(path: str | Path, device="cpu"):
     model, meta = load_checkpoint(path, device)
     if "tokenizer" not in meta:
         src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+        if "hf_model_type" in src and (Path(meta["_path"]) / "hf_tokenizer.json").is_file():
+            from bmojo.data.text.tokenizer import FileTokenizer
+
+            tok = FileTokenizer.from_path(Path(meta["_path"]) / "hf_tokenizer.json")  # the one it came with
+            if tok.vocab_size > model.cfg.vocab_size:
+                raise ConfigError(f"{path}: its tokenizer has {tok.vocab_size} tokens, the model {model.cfg.vocab_size}")
+            return model, meta, tok
         if "hf_model_type" in src:
             copied = sorted(p.name for p in Path(meta["_path"]).glob("hf_*"))
             raise ConfigError(f"{path}: converted from a Hugging Face {src['hf_model_type']} model ({src.get('path')})"

@@ -190,3 +190,24 @@ def test_overwrite_replaces_what_the_command_wrote_and_keeps_the_users_files(tmp
     assert main(["convert", str(folder), str(ck), "--overwrite"]) == 0
     assert (ck / "notes.txt").read_text() == "mine"
     load_checkpoint(ck)
+
+
+def test_a_converted_checkpoint_generates_with_the_tokenizer_it_came_with(tmp_path, capsys):
+    from bmojo.cli.main import main
+    from bmojo.train.checkpoint import load_lm_checkpoint
+    from tests.helpers import hf_tokenizer_folder
+
+    tok = hf_tokenizer_folder(tmp_path / "hf", ["alpha beta gamma delta " * 50, "the quick brown fox " * 50])
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    _, _, loaded = load_lm_checkpoint(tmp_path / "ck")
+    assert loaded.sep_id == tok.token_to_id("<s>") and loaded.encode("alpha beta").tolist() == \
+        tok.encode("alpha beta", add_special_tokens=False).ids
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(tmp_path / "ck"), "--prompt", "alpha beta", "--max-new-tokens", "4",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("alpha beta")

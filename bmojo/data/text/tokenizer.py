@@ -142,7 +142,8 @@ class FileTokenizer(BPETokenizer):
         if not file.is_file():
             raise ConfigError(f"--tokenizer {path}: expected 'byte', 'bpe', a tokenizer.json or a folder holding one")
         tok = _read_file(file)
-        return cls(tok, cls._separator(tok, file.parent / "tokenizer_config.json", file))
+        config = file.with_name(file.name.replace("tokenizer.json", "tokenizer_config.json"))  # hf_ copies too
+        return cls(tok, cls._separator(tok, config, file))
 
     @classmethod
     def _separator(cls, tok, config: Path, file: Path) -> str:
