@@ -363,7 +363,7 @@ class TokenCorpus:
                 if size != tokens * self.dtype.itemsize:
                     raise ConfigError(f"{path}: {size} bytes, the manifest says {tokens} tokens of {self.dtype}; "
                                       "re-run `bmojo data prepare --force`")
-        self._tok = None
+        self._tok, self._offsets = None, {}
 
     def _files(self, split: str) -> list[tuple[Path, int]]:
         """(path, tokens) of each token file of the split, in order; a path outside the folder is refused."""
@@ -406,7 +406,12 @@ class TokenCorpus:
             return [d for d in map(json.loads, f) if d["split"] == split]
 
     def offsets(self, split: str) -> np.ndarray:
-        """(documents, 2) int64: each document's offset in the split and its token count."""
+        """(documents, 2) int64: each document's offset in the split and its token count (read once per split)."""
+        if split not in self._offsets:
+            self._offsets[split] = self._read_offsets(split)
+        return self._offsets[split]
+
+    def _read_offsets(self, split: str) -> np.ndarray:
         if self.manifest["version"] == 1:
             return np.array([[d["offset"], d["tokens"]] for d in self.documents(split)], dtype=np.int64).reshape(-1, 2)
         index = inside(self.folder, self.manifest["splits"][split]["index"], f"splits.{split}.index")
