@@ -39,9 +39,10 @@ def add_parser(sub) -> None:
 def add_corpus_args(p) -> None:
     p.add_argument("--corpus", default="stdlib", help="stdlib, shakespeare, a text file or folder, or a prepared "
                    "corpus folder (default: stdlib)")
-    p.add_argument("--tokenizer", default="byte", help="byte (byte level, vocab 256), bpe (a byte-level BPE trained "
+    p.add_argument("--tokenizer", default=None, help="byte (byte level, vocab 256), bpe (a byte-level BPE trained "
                    "on the training split), or a tokenizer.json / HF tokenizer folder (e.g. the one `bmojo convert` "
-                   "copies beside a checkpoint; documents are separated by its BOS, else EOS token) (default: byte)")
+                   "copies beside a checkpoint; documents are separated by its BOS, else EOS token) (default: byte; "
+                   "`bmojo train --init CKPT`: the checkpoint's)")
     p.add_argument("--text-field", default="text", help="JSONL / Parquet inputs: the field holding each record's "
                    "text (default: text)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
@@ -55,7 +56,7 @@ def run_prepare(args) -> int:
         raise ConfigError(f"--shard-tokens {args.shard_tokens}: must be >= 1024")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be >= 1")
-    folder = prepare(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
+    folder = prepare(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size, root=args.data,
                      val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, min_bytes=args.min_bytes,
                      strict=args.strict, source=args.source, force=args.force, text_field=args.text_field,
                      workers=args.workers, shard_tokens=args.shard_tokens,

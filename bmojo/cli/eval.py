@@ -18,11 +18,13 @@ from pathlib import Path
 from bmojo.cli.common import number_list
 from bmojo.config import ConfigError
 from bmojo.cli.memory import add_store_args, open_store
-from bmojo.data.text.corpus import TokenCorpus
+from bmojo.data.text.corpus import DEFAULT_ROOT, open_corpus
 from bmojo.eval.compare import render_table
 from bmojo.eval.ppl import eval_regions, length_eval, plot_position_loss
 from bmojo.memory import clear, store_files
-from bmojo.train.checkpoint import load_checkpoint, load_lm_checkpoint
+from bmojo.data.text.tokenizer import describe_tokenizer, same_tokens
+from bmojo.train.checkpoint import lm_tokenizer, load_lm_checkpoint
+from bmojo.train.lm import init_name
 
 
 def add_parser(sub) -> None:
@@ -30,8 +32,14 @@ def add_parser(sub) -> None:
     esub = p.add_subparsers(dest="eval_command", metavar="METRIC", required=True)
     q = esub.add_parser("ppl", help="perplexity and bits per byte at 1x..16x the training length",
                         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train`")
-    q.add_argument("--corpus", default=None, help="prepared corpus folder; if not given, the one it was trained on")
+    q.add_argument("--checkpoint", required=True, help="a checkpoint folder written by `bmojo train` or `bmojo "
+                   "convert`")
+    q.add_argument("--corpus", default=None, help="a prepared corpus folder tokenized with the checkpoint's tokenizer, "
+                   "or text (a file or folder, JSONL, Parquet) to prepare with it under --data; if not given, the one "
+                   "it was trained on (a converted checkpoint records none)")
+    q.add_argument("--data", default=DEFAULT_ROOT, help="root folder of prepared corpora, for a --corpus to prepare")
+    q.add_argument("--train-len", type=int, default=None, help="the length --factors multiply; if not given, the "
+                   "training length the checkpoint records (a converted checkpoint records none)")
     q.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="which split of the corpus to score (documents are split by name, never shared)")
     q.add_argument("--factors", default="1,2,4,8,16", help="context lengths as multiples of the training length")
@@ -91,7 +99,8 @@ def run_harness(args) -> int:
 def run_ppl(args) -> int:
     factors = number_list(args.factors, int, "--factors", lambda v: v >= 1, "integers >= 1 (multiples of the "
                           "training length)")
-    for flag, v in (("--context", args.context), ("--segment", args.segment), ("--regions", args.regions)):
+    for flag, v in (("--context", args.context), ("--segment", args.segment), ("--regions", args.regions),
+                    ("--train-len", args.train_len)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag}={v}: must be a positive integer")
     if not factors and args.context is None:
@@ -108,20 +117,26 @@ def run_ppl(args) -> int:
         raise ConfigError(f"--storage {args.storage}: the folder is not empty (a store `generate` built, with its "
                           "session?); eval ppl clears its store for every window, so name a new folder, or pass "
                           "--overwrite-storage to delete that store")
-    model, meta = load_checkpoint(args.checkpoint)
-    if "tokenizer" not in meta or "lm" not in meta:
-        raise ConfigError(f"{args.checkpoint}: not a language-model checkpoint (trained on a synthetic task?)")
-    corpus = TokenCorpus(args.corpus or meta["corpus"]["folder"])
-    if Path(corpus.folder).resolve() == Path(meta["corpus"]["folder"]).resolve():  # the run's own corpus
+    model, meta, tok = load_lm_checkpoint(args.checkpoint)
+    trained = meta.get("corpus", {}).get("folder")
+    if args.corpus is None and trained is None:
+        raise ConfigError(f"{args.checkpoint}: the checkpoint records no corpus it was trained on (`bmojo demo` and "
+                          "`bmojo convert` write none); name one with --corpus")
+    corpus = open_corpus(args.corpus or trained, tokenizer=lm_tokenizer(meta)[1], root=args.data)
+    if trained is not None and Path(corpus.folder).resolve() == Path(trained).resolve():  # the run's own corpus
         corpus.check_digest(meta["corpus"].get("digest"), f"the checkpoint {args.checkpoint}")
-    if corpus.manifest["tokenizer"] != meta["tokenizer"]:
-        raise ConfigError(f"{corpus.folder}: tokenizer {corpus.manifest['tokenizer']} differs from the checkpoint's "
-                          f"{meta['tokenizer']}")
-    T = meta["lm"]["seq_len"]
+    if not same_tokens(corpus.tokenizer, tok):
+        raise ConfigError(f"{corpus.folder}: tokenized with {describe_tokenizer(corpus.tokenizer)}, the checkpoint "
+                          f"with {describe_tokenizer(tok)}; prepare the text with --tokenizer {lm_tokenizer(meta)[1]}")
+    T = args.train_len or (meta.get("lm") or {}).get("seq_len")
+    if T is None and args.context is None:
+        raise ConfigError(f"{args.checkpoint}: the checkpoint records no training length (`bmojo demo` and `bmojo "
+                          "convert` write none); give the length --factors multiply with --train-len, or one --context")
+    name = init_name(meta)
     lengths = [args.context] if args.context is not None else [T * k for k in factors]
     span = math.lcm(*lengths)
     regions = eval_regions(corpus.split_documents(args.split), span, args.regions)
-    print(f"eval ppl: {meta['lm']['preset']} (trained at {T} tokens) on {corpus.folder} {args.split}: "
+    print(f"eval ppl: {name} ({f'trained at {T} tokens' if T else 'training length not recorded'}) on {corpus.folder} {args.split}: "
           f"{len(regions)} regions of {span} tokens, contexts {lengths}", flush=True)
 
     def progress(L, done, total):
@@ -135,7 +150,7 @@ def run_ppl(args) -> int:
 
     res = length_eval(model, regions, lengths, corpus.tokenizer.token_bytes(), segment=args.segment, progress=progress,
                       open_store=fresh_store if args.storage else None)
-    rows = [[str(L), f"{L / T:g}x", f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['bpb']:.4f}", str(r["windows"])]
+    rows = [[str(L), f"{L / T:g}x" if T else "-", f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['bpb']:.4f}", str(r["windows"])]
             for L, r in res.items()]
     print(render_table(["context", "x train", "loss", "ppl", "bits/byte", "windows"], rows))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
@@ -145,6 +160,6 @@ def run_ppl(args) -> int:
                "results": {str(L): r for L, r in res.items()}}
     (out / "eval.json").write_text(json.dumps(summary))
     png = plot_position_loss({f"context {L}": r["per_position"] for L, r in res.items()}, T, out / "position_loss.png",
-                             f"{meta['lm']['preset']} on {corpus.manifest['corpus']} ({args.split})")
+                             f"{name} on {corpus.manifest['corpus']} ({args.split})")
     print(f"wrote {out / 'eval.json'}" + (f" and {png}" if png else ""))
     return 0

@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with the "
                    "options stored there (give --steps to train further)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--init", default=None, metavar="CKPT", help="start from the model and weights of this checkpoint "
+                   "(a `bmojo train` run's, or one `bmojo convert` wrote from Hugging Face) instead of a new preset: "
+                   "leave out --preset, --params and --model-opt; the corpus is tokenized with the checkpoint's "
+                   "tokenizer")
     p.add_argument("--config", default=None, metavar="FILE",
                    help='a JSON file of settings: {"preset", "seq_len", "params", "model": {ModelConfig fields}, '
                         '"train": {TrainConfig fields}, "vocab_size": the vocabulary it was sized for, "about": '
@@ -81,6 +85,8 @@ def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     file_run, file_model, file_train = ({}, {}, {})
     if args.config:
         file_run, file_model, file_train = read_config(args.config)
+    if args.init:
+        return _spec_from_init(args, file_run, file_model, file_train)
     args.recipe_vocab = file_run.pop("vocab_size", None)
     pick = {k: getattr(args, k) if getattr(args, k) is not None else file_run.get(k, getattr(LMSpec, k))
             for k in ("preset", "seq_len", "params")}
@@ -95,6 +101,26 @@ def _spec_from_args(args) -> tuple[LMSpec, TrainConfig]:
     return spec, tcfg
 
 
+def _spec_from_init(args, file_run: dict, file_model: dict, file_train: dict) -> tuple[LMSpec, TrainConfig]:
+    """`--init CKPT`: the model is the checkpoint's, so options that choose a model are errors naming them."""
+    from bmojo.config import ConfigError
+    from bmojo.models import count_params
+    from bmojo.train.lm import init_config, init_name
+
+    chosen = [f"--{k.replace('_', '-')}" for k in ("preset", "params") if getattr(args, k) is not None]
+    chosen += ["--model-opt"] * bool(args.model_opt) + [f"{args.config}: {k}" for k in ("preset", "params")
+                                                         if k in file_run] + [f"{args.config}: model"] * bool(file_model)
+    if chosen:
+        raise ConfigError(f"--init {args.init}: the model is the checkpoint's; leave out {', '.join(chosen)}")
+    seq_len = args.seq_len if args.seq_len is not None else file_run.get("seq_len", LMSpec.seq_len)
+    cfg, meta = init_config(args.init, seq_len)
+    try:
+        tcfg = dataclass_from_args(TrainConfig, args, {**TRAIN_DEFAULTS, **file_train})
+    except ConfigError as e:
+        raise ConfigError(f"{args.config}: {e}" if args.config else str(e)) from None
+    return LMSpec(init_name(meta), seq_len, count_params(cfg)), tcfg
+
+
 def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
     """The run's settings as its checkpoint stores them; an option given on the command line that differs from
     them is an error naming it (only --steps may change)."""
@@ -104,8 +130,9 @@ def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
     ckpt = out / "checkpoint"
     if not has_checkpoint(ckpt):
         raise ConfigError(f"--resume: {out} holds no checkpoint to resume; leave out --resume to start a run there")
-    if args.config:
-        raise ConfigError("--resume takes every option from the checkpoint; leave out --config")
+    if args.config or args.init:
+        raise ConfigError(f"--resume takes every option from the checkpoint; leave out "
+                          f"{'--config' if args.config else '--init'}")
     saved = read_meta(ckpt)
     if not {"lm", "train", "corpus"} <= set(saved):
         raise ConfigError(f"{ckpt}: not a checkpoint of `bmojo train` (no language-model settings)")
@@ -125,13 +152,17 @@ def _spec_from_checkpoint(args, out: Path) -> tuple[LMSpec, TrainConfig, str]:
     return LMSpec(**lm), tcfg, saved["corpus"]["folder"]
 
 
-def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int) -> list[str]:
+def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int, init: str | None) -> list[str]:
     """Settings that run but are probably not what was meant (a size that cannot be built is an error)."""
     from bmojo.config import ConfigError
     from bmojo.models import count_params
     from bmojo.train.lm import model_config
 
     out = []
+    if tcfg.warmup >= tcfg.steps:
+        out.append(f"--warmup {tcfg.warmup} >= --steps {tcfg.steps}: the learning rate never reaches --lr")
+    if init:  # the checkpoint's own model: no size was asked for
+        return out
     n = count_params(model_config(spec, vocab_size))
     if not spec.params / 2 <= n <= 2 * spec.params:
         raise ConfigError(f"--params {spec.params:,}: the nearest {spec.preset} model of this shape has {n:,} "
@@ -140,8 +171,6 @@ def _warnings(spec: LMSpec, tcfg: TrainConfig, vocab_size: int) -> list[str]:
     if abs(n - spec.params) > 0.25 * spec.params:
         out.append(f"--params {spec.params:,} gives {n:,} parameters: the nearest {spec.preset} model of this "
                    "shape (its embeddings and fixed layers set a floor)")
-    if tcfg.warmup >= tcfg.steps:
-        out.append(f"--warmup {tcfg.warmup} >= --steps {tcfg.steps}: the learning rate never reaches --lr")
     return out
 
 
@@ -150,20 +179,26 @@ def dry_run(args, spec: LMSpec, tcfg: TrainConfig) -> int:
     import os
 
     from bmojo.config import ConfigError
-    from bmojo.train.lm import model_config
+    from bmojo.train.lm import init_config, model_config
     from bmojo.train.plan import describe, plan
 
     if args.resume:
         raise ConfigError("--dry-run plans a new run; leave out --resume")
-    vocab = getattr(args, "recipe_vocab", None) or (256 if args.tokenizer == "byte" else args.vocab_size)
+    if args.init:
+        cfg = init_config(args.init, spec.seq_len)[0]
+        vocab = cfg.vocab_size
+    else:
+        vocab = getattr(args, "recipe_vocab", None) or (256 if args.tokenizer in (None, "byte") else args.vocab_size)
+        cfg = model_config(spec, vocab)
     processes = args.processes or int(os.environ.get("WORLD_SIZE", 1))
     if processes < 1:
         raise ConfigError(f"--processes {processes}: must be >= 1")
     try:
-        p = plan(model_config(spec, vocab), tcfg, spec.seq_len, processes)
+        p = plan(cfg, tcfg, spec.seq_len, processes)
     except ValueError as e:
         raise ConfigError(f"--dry-run: {e}") from None
-    print(describe(p, f"{spec.preset} (vocabulary {vocab:,}, context {spec.seq_len:,})", spec.params))
+    name = f"{spec.preset} from {args.init}" if args.init else spec.preset
+    print(describe(p, f"{name} (vocabulary {vocab:,}, context {spec.seq_len:,})", None if args.init else spec.params))
     print(json.dumps({"preset": spec.preset, "vocab_size": vocab, "seq_len": spec.seq_len, **p}))
     return 0
 
@@ -185,26 +220,30 @@ def run(args) -> int:
         spec, tcfg = _spec_from_args(args)
     if args.dry_run:
         return dry_run(args, spec, tcfg)
+    if args.init and args.tokenizer is None:  # the corpus is tokenized as the checkpoint it starts from was
+        from bmojo.train.checkpoint import lm_tokenizer, read_meta
+
+        args.tokenizer = lm_tokenizer(read_meta(args.init))[1]
     d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
     main = d is None or d.main
     if not main:
         d.barrier()  # rank 0 prepares the corpus (first use) while the others wait
     if args.resume:
         corpus = TokenCorpus(folder)
-        if args.corpus != "stdlib" or args.tokenizer != "byte" or args.data != DEFAULT_ROOT:
-            given = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
-                                text_field=args.text_field)
+        if args.corpus != "stdlib" or args.tokenizer is not None or args.data != DEFAULT_ROOT:
+            given = open_corpus(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size,
+                                root=args.data, text_field=args.text_field)
             if given.folder.resolve() != corpus.folder.resolve():
                 raise ConfigError(f"--resume: the run was trained on {corpus.folder}, not {given.folder}; "
                                   "leave out --corpus")
     else:
-        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size, root=args.data,
-                                text_field=args.text_field)
+        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size,
+                             root=args.data, text_field=args.text_field)
     if d is not None and main:
         d.barrier()
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")
     if main and not args.resume:
-        for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size):
+        for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size, args.init):
             print(f"train: warning: {w}", file=sys.stderr, flush=True)
         sized = getattr(args, "recipe_vocab", None)
         if sized and sized != corpus.tokenizer.vocab_size:
@@ -212,11 +251,12 @@ def run(args) -> int:
                   f"{corpus.tokenizer.vocab_size:,}, so the parameter count differs from the recipe's",
                   file=sys.stderr, flush=True)
     if main:
-        print(f"train: {spec.preset} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
+        start = f" from {args.init}" if args.init else ""
+        print(f"train: {spec.preset}{start} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
               f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
               flush=True)
     try:
-        model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume, overwrite=args.overwrite)
+        model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume, overwrite=args.overwrite, init=args.init)
     except TrainingInterrupted as e:
         if e.checkpoint:
             e.args = (f"{e}. Resume with: bmojo train --resume --out {out}",)

@@ -102,7 +102,7 @@ def binned(values: list[float], bins: int) -> tuple[np.ndarray, np.ndarray]:
     return centres, np.array([v[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
 
 
-def plot_position_loss(curves: dict[str, list], train_len: int, path, title: str, bins: int = 64,
+def plot_position_loss(curves: dict[str, list], train_len: int | None, path, title: str, bins: int = 64,
                        binned_input: bool = False):
     """Loss against token position, one curve per label (per-position losses, or [positions, means] pairs with
     binned_input); a dashed line at the training length."""
@@ -116,7 +116,8 @@ def plot_position_loss(curves: dict[str, list], train_len: int, path, title: str
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, values in curves.items():
         ax.plot(*(values if binned_input else binned(values, bins)), label=label, lw=1.5)
-    ax.axvline(train_len, color="k", ls="--", lw=1, label=f"training length {train_len}")
+    if train_len is not None:
+        ax.axvline(train_len, color="k", ls="--", lw=1, label=f"training length {train_len}")
     ax.set_xlabel("token position in the context")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(title, fontsize=9)

@@ -174,32 +174,39 @@ def load_checkpoint(path: str | Path, device="cpu", overrides: dict | None = Non
     return model, info
 
 
+def lm_tokenizer(meta: dict):
+    """-> (tokenizer, how `--tokenizer` names it: "byte" or its file) of the checkpoint whose `read_meta` is `meta`:
+    the one `bmojo train` saved, or the Hugging Face tokenizer `bmojo convert` copied beside a converted model.  A
+    clear error if it carries none."""
+    from bmojo.config import ConfigError
+    from bmojo.data.text.tokenizer import BPE_FILE, FileTokenizer, load_tokenizer
+
+    path = Path(meta["_path"])
+    if "tokenizer" in meta:
+        for name in sorted(meta.get("sha256") or {}):
+            if name not in ("model.safetensors", "optimizer.safetensors"):  # the tokenizer's files
+                check_file(meta, name)
+        tok = load_tokenizer(meta["tokenizer"], path)
+        return tok, "byte" if tok.kind == "byte" else str(path / BPE_FILE)
+    src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if "hf_model_type" not in src:
+        raise ConfigError(f"{path}: the checkpoint has no tokenizer (trained on a synthetic task?)")
+    if not (path / "hf_tokenizer.json").is_file():
+        copied = sorted(p.name for p in path.glob("hf_*"))
+        raise ConfigError(f"{path}: converted from a Hugging Face {src['hf_model_type']} model ({src.get('path')})"
+                          + (f"; its tokenizer files were copied as {copied}, which bmojo does not read (it needs a "
+                             "tokenizer.json)" if copied else " that came without a tokenizer: its folder had none "
+                             "of tokenizer.json, tokenizer_config.json"))
+    tok = FileTokenizer.from_path(path / "hf_tokenizer.json")  # the one it came with
+    if tok.vocab_size > meta["model"]["vocab_size"]:
+        raise ConfigError(f"{path}: its tokenizer has {tok.vocab_size} tokens, the model {meta['model']['vocab_size']}")
+    return tok, str(path / "hf_tokenizer.json")
+
+
 def load_lm_checkpoint(path: str | Path, device="cpu"):
     """-> (model, meta, tokenizer) of a language-model checkpoint; a clear error if it carries no tokenizer."""
-    from bmojo.config import ConfigError
-    from bmojo.data.text.tokenizer import load_tokenizer
-
     model, meta = load_checkpoint(path, device)
-    if "tokenizer" not in meta:
-        src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
-        if "hf_model_type" in src and (Path(meta["_path"]) / "hf_tokenizer.json").is_file():
-            from bmojo.data.text.tokenizer import FileTokenizer
-
-            tok = FileTokenizer.from_path(Path(meta["_path"]) / "hf_tokenizer.json")  # the one it came with
-            if tok.vocab_size > model.cfg.vocab_size:
-                raise ConfigError(f"{path}: its tokenizer has {tok.vocab_size} tokens, the model {model.cfg.vocab_size}")
-            return model, meta, tok
-        if "hf_model_type" in src:
-            copied = sorted(p.name for p in Path(meta["_path"]).glob("hf_*"))
-            raise ConfigError(f"{path}: converted from a Hugging Face {src['hf_model_type']} model ({src.get('path')})"
-                              + (f"; its tokenizer files were copied as {copied}, which this command does not read"
-                                 if copied else " that came without a tokenizer: its folder had none of "
-                                 "tokenizer.json, tokenizer_config.json"))
-        raise ConfigError(f"{path}: the checkpoint has no tokenizer (trained on a synthetic task?)")
-    for name in sorted(meta.get("sha256") or {}):
-        if name not in ("model.safetensors", "optimizer.safetensors"):  # the tokenizer's files
-            check_file(meta, name)
-    return model, meta, load_tokenizer(meta["tokenizer"], meta["_path"])
+    return model, meta, lm_tokenizer(meta)[0]
 
 
 def load_weights(model, file: Path) -> None:

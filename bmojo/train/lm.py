@@ -16,9 +16,9 @@ import torch
 
 from bmojo.config import ConfigError, ModelConfig, _f
 from bmojo.data.text.corpus import TokenCorpus
-from bmojo.data.text.tokenizer import tokenizer_files
+from bmojo.data.text.tokenizer import describe_tokenizer, same_tokens, tokenizer_files
 from bmojo.models import BMojoLM, preset, size_to_params
-from bmojo.train.checkpoint import has_checkpoint, read_meta
+from bmojo.train.checkpoint import has_checkpoint, lm_tokenizer, load_checkpoint, read_meta
 from bmojo.train.config import TrainConfig
 from bmojo.train.loop import TrainResult, train
 
@@ -44,6 +44,22 @@ def model_config(spec: LMSpec, vocab_size: int, max_len: int | None = None) -> M
     kw = {**DEFAULT_LM_MODEL, **spec.model, "vocab_size": vocab_size,
           "max_seq_len": max(max_len or 0, 16 * spec.seq_len, spec.model.get("max_seq_len", 0))}
     return preset(spec.preset, **kw) if "d_model" in spec.model else size_to_params(spec.preset, spec.params, **kw)
+
+
+def init_config(init: str | Path, seq_len: int) -> tuple[ModelConfig, dict]:
+    """(the ModelConfig, the settings record) of the checkpoint a run starts from (`bmojo train --init`): a `bmojo
+    train` checkpoint or one `bmojo convert` wrote.  Only its config is read; max_seq_len is raised to 16x the
+    training length as for every run (it sizes no weight)."""
+    meta = read_meta(init)
+    cfg = ModelConfig.from_dict({**meta["model"], "max_seq_len": max(meta["model"].get("max_seq_len", 0), 16 * seq_len)})
+    return cfg, meta
+
+
+def init_name(meta: dict) -> str:
+    """What to call the model of a checkpoint in a run's settings: its preset, or the architecture it was converted
+    from."""
+    src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    return (meta.get("lm") or {}).get("preset") or src.get("hf_model_type") or "checkpoint"
 
 
 def _windows(tokens: np.ndarray, starts, seq_len: int) -> torch.Tensor:
@@ -77,22 +93,43 @@ def fixed_windows(tokens: np.ndarray, n_batches: int, batch: int, seq_len: int):
 
 
 def train_lm(spec: LMSpec, corpus: TokenCorpus, tcfg: TrainConfig, out_dir: str | Path | None = None, *,
-             resume: bool = False, overwrite: bool = False, desc: str | None = None) -> tuple[BMojoLM, TrainResult]:
-    """Train `spec.preset` on `corpus`; the checkpoint (under out_dir) holds the model, optimizer and tokenizer."""
+             resume: bool = False, overwrite: bool = False, desc: str | None = None,
+             init: str | Path | None = None) -> tuple[BMojoLM, TrainResult]:
+    """Train `spec.preset` on `corpus`; the checkpoint (under out_dir) holds the model, optimizer and tokenizer.
+    `init`: start from that checkpoint's model and weights instead (the corpus must be tokenized with its
+    tokenizer); a resumed run that started so rebuilds its model from its own checkpoint."""
     tok = corpus.tokenizer
-    cfg = model_config(spec, tok.vocab_size)
+    ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    saved = read_meta(ckpt) if resume and ckpt is not None and has_checkpoint(ckpt) else None
+    started = None
+    if init is not None:
+        cfg, init_meta = init_config(init, spec.seq_len)
+        init_tok = lm_tokenizer(init_meta)[0]
+        if not same_tokens(tok, init_tok):
+            raise ConfigError(f"--init {init}: the checkpoint's tokenizer is {describe_tokenizer(init_tok)}, the corpus "
+                              f"{corpus.folder} is tokenized with {describe_tokenizer(tok)}; prepare the corpus with "
+                              "the checkpoint's tokenizer (leave out --tokenizer with --init)")
+        started = {"checkpoint": init_meta["_path"], "from": init_name(init_meta)}
+    elif saved is not None and "init" in saved:
+        cfg, started = ModelConfig.from_dict(saved["model"]), saved["init"]
+    else:
+        cfg = model_config(spec, tok.vocab_size)
     meta = {"lm": asdict(spec), "tokenizer": tok.to_dict(), "corpus": {"folder": str(corpus.folder),
             "name": corpus.manifest["corpus"], "source": corpus.manifest["source"], "digest": corpus.digest}}
-    ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    if resume and ckpt is not None and has_checkpoint(ckpt):
-        _check_resumable(read_meta(ckpt), cfg, tcfg, meta)
+    if saved is not None:
+        _check_resumable(saved, cfg, tcfg, meta)
     torch.manual_seed(tcfg.seed)
-    model = BMojoLM(cfg)
+    if init is not None and saved is None:
+        model, weights = load_checkpoint(init, overrides={"max_seq_len": cfg.max_seq_len})
+        started["weights_sha256"] = weights["weights_sha256"]
+    else:
+        model = BMojoLM(cfg)
+    if started is not None:
+        meta["init"] = started
     evals = fixed_windows(corpus.tokens("val"), tcfg.eval_batches, tcfg.batch_size, spec.seq_len)
     res = train(model, tcfg, packed_batches(corpus.tokens("train"), tcfg.batch_size, spec.seq_len, tcfg.seed),
                 eval_batches=evals, out_dir=out_dir, meta=meta, resume=resume, overwrite=overwrite,
-                desc=desc or spec.preset,
-                files=tokenizer_files(tok))
+                desc=desc or spec.preset, files=tokenizer_files(tok))
     return model, res
 
 

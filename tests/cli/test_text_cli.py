@@ -87,7 +87,8 @@ def test_errors_exit_2(tmp_path, texts, capsys):
     assert main(["demo", "--steps", "1", "--new-tokens", "1", "--seq-len", "16", "--out", str(tmp_path / "demo")]) == 0
     capsys.readouterr()
     assert main(["eval", "ppl", "--checkpoint", str(tmp_path / "demo" / "checkpoint")]) == 2
-    assert "not a language-model checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "records no corpus it was trained on" in err and "name one with --corpus" in err
     assert main(["generate", "--checkpoint", str(tmp_path / "demo" / "checkpoint"), "--prompt", ""]) == 2
     assert "--prompt" in capsys.readouterr().err
     assert main(["data", "prepare", "--corpus", "shakespeare", "--data", str(tmp_path),

@@ -229,3 +229,13 @@ def test_memmap_is_read_only(tmp_path):
     corpus = TokenCorpus(prepare(str(tmp_path / "c"), root=tmp_path / "data", log=lambda *_: None))
     t = corpus.tokens("train")
     assert isinstance(t, np.memmap) and not t.flags.writeable
+
+
+def test_same_tokens_compares_what_the_tokenizers_do_not_their_kind(tmp_path, bpe):
+    from bmojo.data.text.tokenizer import FileTokenizer, same_tokens
+
+    bpe.save(tmp_path)  # a `bmojo train` BPE named by its file, as `--init` and `eval ppl` name it
+    assert same_tokens(bpe, FileTokenizer.from_path(tmp_path / "tokenizer.json"))
+    assert same_tokens(ByteTokenizer(), ByteTokenizer()) and not same_tokens(ByteTokenizer(), bpe)
+    other = BPETokenizer.train([t[::-1] for t in slice_texts().values()], 400)  # same size, other merges
+    assert other.vocab_size == bpe.vocab_size and not same_tokens(bpe, other)

@@ -211,3 +211,63 @@ def test_a_converted_checkpoint_generates_with_the_tokenizer_it_came_with(tmp_pa
     assert main(["generate", "--checkpoint", str(tmp_path / "ck"), "--prompt", "alpha beta", "--max-new-tokens", "4",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("alpha beta")
+
+
+def test_a_converted_checkpoint_trains_further_and_evaluates_with_its_tokenizer(tmp_path, texts, capsys):
+    """`bmojo train --init` starts from the converted weights (the corpus tokenized with the tokenizer the model
+    came with, by default); `bmojo eval ppl` scores the converted checkpoint on such a corpus."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from bmojo.cli.main import main
+    from bmojo.train.checkpoint import read_meta
+    from tests.helpers import hf_tokenizer_folder
+
+    tok = hf_tokenizer_folder(tmp_path / "hf", [p.read_text() for p in sorted(texts.rglob("*.txt"))])
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    ck, run, data = tmp_path / "ck", tmp_path / "run", tmp_path / "data"
+    assert main(["convert", str(tmp_path / "hf"), str(ck)]) == 0
+    train = ["train", "--init", str(ck), "--corpus", str(texts), "--data", str(data), "--seq-len", "16",
+             "--batch-size", "2", "--lr", "1e-3", "--warmup", "1", "--eval-every", "2", "--eval-batches", "1",
+             "--progress", "false", "--out", str(run)]
+    assert main([*train, "--steps", "2"]) == 0
+    meta = read_meta(run / "checkpoint")
+    assert meta["init"]["checkpoint"] == str(ck) and meta["init"]["from"] == "llama"
+    assert meta["tokenizer"]["kind"] == "file" and meta["tokenizer"]["sep_id"] == tok.token_to_id("<s>")
+    assert meta["model"] == {**read_meta(ck)["model"], "max_seq_len": 16 * 16}
+    start, now = load_file(str(ck / "model.safetensors")), load_file(str(run / "checkpoint" / "model.safetensors"))
+    moved = max((now[k] - start[k]).abs().max().item() for k in start)
+    assert 0 < moved < 5e-3  # two AdamW steps of lr 1e-3 from the converted weights, not from a fresh init
+    assert main([*train, "--steps", "3", "--resume"]) == 2  # --resume takes the start from the run, not --init
+    assert "leave out --init" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--steps", "3", "--progress", "false"]) == 0
+    assert read_meta(run / "checkpoint")["step"] == 3
+    # options that choose another model, or a corpus of another tokenizer, are refused before training
+    capsys.readouterr()
+    assert main([*train, "--steps", "1", "--preset", "mamba", "--out", str(tmp_path / "r2")]) == 2
+    assert "leave out --preset" in capsys.readouterr().err
+    assert main([*train, "--steps", "1", "--tokenizer", "byte", "--out", str(tmp_path / "r3")]) == 2
+    assert "the checkpoint's tokenizer is file" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+    # eval ppl on the converted checkpoint: a corpus and a length must be named, as it records neither
+    corpus = str(meta["corpus"]["folder"])
+    ppl = ["eval", "ppl", "--checkpoint", str(ck), "--factors", "1,2", "--regions", "2", "--out", str(tmp_path / "ev")]
+    assert main(ppl) == 2
+    assert "--corpus" in capsys.readouterr().err
+    assert main([*ppl, "--corpus", corpus]) == 2
+    assert "--train-len" in capsys.readouterr().err
+    assert main([*ppl, "--corpus", str(texts), "--data", str(data), "--train-len", "16"]) == 0  # text: prepared
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())  # with the checkpoint's tokenizer, as train did
+    assert ev["corpus"] == corpus
+    assert sorted(ev["results"], key=int) == ["16", "32"] and ev["train_len"] == 16
+    assert all(1 < r["ppl"] < 2 * tok.get_vocab_size() for r in ev["results"].values())
+    byte_corpus = str(tmp_path / "bytes")
+    assert main(["data", "prepare", "--corpus", str(texts), "--data", byte_corpus]) == 0
+    capsys.readouterr()
+    assert main([*ppl, "--corpus", str(next(p.parent for p in (tmp_path / "bytes").rglob("manifest.json"))),
+                 "--train-len", "16"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err

@@ -24,11 +24,14 @@ def corpus(tmp_path_factory):
     return texts, root / "data"
 
 
-def _train(corpus, out, steps, nproc, *extra, env_extra=None):
+MODEL = ["--preset", "bmojo", "--params", "15000", *TINY]
+
+
+def _train(corpus, out, steps, nproc, *extra, env_extra=None, model=MODEL):
     texts, data = corpus
-    args = ["-m", "bmojo", "--threads", "1", "train", "--preset", "bmojo", "--corpus", str(texts), "--data", str(data),
-            "--seq-len", "16", "--params", "15000", "--steps", str(steps), "--batch-size", "4", "--eval-every", "0",
-            "--log-every", "1", "--save-every", "2", "--progress", "false", "--out", str(out), *TINY, *extra]
+    args = ["-m", "bmojo", "--threads", "1", "train", *model, "--corpus", str(texts), "--data", str(data),
+            "--seq-len", "16", "--steps", str(steps), "--batch-size", "4", "--eval-every", "0",
+            "--log-every", "1", "--save-every", "2", "--progress", "false", "--out", str(out), *extra]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
@@ -73,6 +76,19 @@ def test_every_large_run_option_combines_under_fsdp(corpus, tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
     assert len(list((tmp_path / "tb").iterdir())) == 1  # rank 0 only
+
+
+def test_a_run_started_from_a_checkpoint_is_the_same_under_fsdp(corpus, tmp_path):
+    """`--init` on 2 FSDP processes: every process starts from the checkpoint's weights (the losses of 1 process)."""
+    _train(corpus, tmp_path / "base", 2, 1)
+    init = ["--init", str(tmp_path / "base" / "checkpoint")]
+    one = _losses(_train(corpus, tmp_path / "one", 2, 1, model=init))
+    two = _losses(_train(corpus, tmp_path / "two", 2, 2, "--parallel", "fsdp", model=init))
+    fresh = _losses(_train(corpus, tmp_path / "fresh", 2, 1))
+    assert sorted(one) == sorted(two) == [1, 2]
+    for k in one:
+        assert abs(one[k] - two[k]) <= 1e-5 * max(1.0, abs(one[k])), (k, one[k], two[k])
+    assert one[1] < fresh[1] - 1e-3  # it starts where the base run ended, not from a new model
 
 
 def test_checkpoints_move_between_process_counts(corpus, tmp_path):

@@ -206,6 +206,21 @@ def load_tokenizer(info: dict, folder: str | Path) -> Tokenizer:
     raise ConfigError(f"tokenizer kind {kind!r} in {folder}: expected 'byte', 'bpe' or 'file'")
 
 
+def same_tokens(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether two tokenizers give every text the same ids and separate documents by the same id: the byte
+    tokenizer matches only itself; BPE and file tokenizers match when their HF tokenizers serialize the same (a
+    `bmojo train` BPE read back as `--tokenizer its/tokenizer.json` matches the BPE it was)."""
+    if a.vocab_size != b.vocab_size or a.sep_id != b.sep_id:
+        return False
+    if isinstance(a, ByteTokenizer) or isinstance(b, ByteTokenizer):
+        return isinstance(a, ByteTokenizer) and isinstance(b, ByteTokenizer)
+    return a.tok.to_str() == b.tok.to_str()
+
+
+def describe_tokenizer(tok: Tokenizer) -> str:
+    return f"{tok.kind} (vocabulary {tok.vocab_size:,}, separator id {tok.sep_id})"
+
+
 def tokenizer_files(tok: Tokenizer) -> dict[str, str]:
     """File name -> text, the files a tokenizer needs beside its to_dict() (for checkpoints)."""
     if isinstance(tok, BPETokenizer):  # FileTokenizer too
