@@ -119,6 +119,28 @@ def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, 
     return torch.einsum("bhij,bjhd->bihd", s.softmax(-1), V)
 
 
+def scores_minimal(mixer, x: torch.Tensor, f_prev: torch.Tensor | None) -> torch.Tensor:
+    """The selection score (B, T) of each token of x (B, T, D), from f_prev (B, T, D): the SSM output before it."""
+    B, T, D = x.shape
+    if mixer.selector == "innovation":
+        return (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)
+    if mixer.selector == "norm":
+        return (x - f_prev).pow(2).mean(-1)
+    if mixer.selector == "none":
+        return torch.zeros(B, T)
+    if mixer.selector == "assoc":  # the delta rule over (previous input, input) pairs, token by token
+        S, errs = torch.zeros(B, D, D, dtype=torch.float64), []
+        for t in range(T):
+            key = F.normalize(x[:, t - 1].double(), dim=-1) if t else torch.zeros(B, D, dtype=torch.float64)
+            pred = (S @ key[:, :, None])[..., 0]
+            err = x[:, t].double() - pred
+            S = S + err[:, :, None] * key[:, None, :]
+            errs.append(err.pow(2).sum(-1) / (x[:, t].double().pow(2).sum(-1) + pred.pow(2).sum(-1)))
+        return torch.stack(errs, 1).float()
+    from bmojo.layers.scorers.position import position_scores
+    return position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
+
+
 def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
     """The output of a BMojoMixer (or windowed Attention) on x (B, T, D) from position 0, densely."""
     B, T, D = x.shape
@@ -142,24 +164,7 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         assert mixer.rule == "topk" and mixer.decay == 1.0, "the oracle covers top-k memory without decay"
         assert getattr(mixer, "memory_rope", "own") == "own", "the oracle covers eidetic keys at their own positions"
         f_prev = torch.cat([torch.zeros_like(x[:, :1]), f[:, :-1]], 1) if f is not None else None
-        if mixer.selector == "innovation":
-            scores = (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)
-        elif mixer.selector == "norm":
-            scores = (x - f_prev).pow(2).mean(-1)
-        elif mixer.selector == "none":
-            scores = torch.zeros(B, T)
-        elif mixer.selector == "assoc":  # the delta rule over (previous input, input) pairs, token by token
-            S, errs = torch.zeros(B, D, D, dtype=torch.float64), []
-            for t in range(T):
-                key = F.normalize(x[:, t - 1].double(), dim=-1) if t else torch.zeros(B, D, dtype=torch.float64)
-                pred = (S @ key[:, :, None])[..., 0]
-                err = x[:, t].double() - pred
-                S = S + err[:, :, None] * key[:, None, :]
-                errs.append(err.pow(2).sum(-1) / (x[:, t].double().pow(2).sum(-1) + pred.pow(2).sum(-1)))
-            scores = torch.stack(errs, 1).float()
-        else:
-            from bmojo.layers.scorers.position import position_scores
-            scores = position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
+        scores = scores_minimal(mixer, x, f_prev)
         if getattr(mixer, "gate", None) is not None:  # learned selection gate
             g = mixer.gate(x)[..., 0]
             scores = scores + g

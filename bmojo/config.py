@@ -186,10 +186,17 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: {msg}")
+        """Every field checked; the first bad one raises a ConfigError that names it, its value and what is allowed."""
+        self._validate_shape()
+        self._validate_memory()
+        self._validate_ssm()
 
+    def _need(self, ok: bool, name: str, msg: str):
+        if not ok:
+            raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: {msg}")
+
+    def _validate_shape(self) -> None:
+        need = self._need
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_state", "d_conv", "expand",
                      "ssm_head_dim", "n_groups", "ssm_chunk", "max_seq_len", "attn_conv_size", "fifo_per_chunk"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive integer")
@@ -204,6 +211,9 @@ class ModelConfig:
              "n_kv_heads", f"must be a positive divisor of n_heads={self.n_heads}")
         need(self.chunk is None or (isinstance(self.chunk, int) and 0 < self.chunk <= self.window), "chunk",
              f"must be in 1 .. window={self.window} (a chunk longer than the window would break causality)")
+
+    def _validate_memory(self) -> None:
+        need = self._need
         need(self.selector in SELECTORS, "selector", f"allowed: {SELECTORS}")
         need(self.memory_rule in MEMORY_RULES, "memory_rule", f"allowed: {MEMORY_RULES}")
         need(self.memory_rule != "fifo" or (self.fifo_per_chunk <= self.chunk_size
@@ -230,6 +240,9 @@ class ModelConfig:
         need(self.score_layers is None or all(isinstance(i, int) and 0 <= i < self.n_layers
                                               for i in self.score_layers),
              "score_layers", f"must be None or layer indices in 0 .. {self.n_layers - 1}")
+
+    def _validate_ssm(self) -> None:
+        need = self._need
         need(self.ssm_kind in SSM_KINDS, "ssm_kind", f"allowed: {SSM_KINDS}")
         if self.mamba2_heads:  # fields of the mamba2 layout only: a mamba1 model never reads them
             need(self.d_inner % self.ssm_head_dim == 0, "ssm_head_dim",

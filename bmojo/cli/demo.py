@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _check_args(args) -> None:
+    """The options checked, and the run folder claimed, before anything is trained."""
     from bmojo.config import ConfigError
     from bmojo.train.loop import claim_run_folder
 
@@ -43,6 +44,10 @@ def run(args) -> int:
     except ConfigError:
         raise ConfigError(f"{args.out} already holds a demo run; pass --overwrite to train it again, or choose "
                           "another --out") from None
+
+
+def run(args) -> int:
+    _check_args(args)
     text = zen_of_python()
     tokens = encode_bytes(text)
     torch.manual_seed(args.seed)

@@ -96,7 +96,8 @@ def run_harness(args) -> int:
     return 0
 
 
-def run_ppl(args) -> int:
+def _check_ppl_args(args) -> list:
+    """Every flag of `eval ppl` checked before the checkpoint is read -> the factors."""
     factors = number_list(args.factors, int, "--factors", lambda v: v >= 1, "integers >= 1 (multiples of the "
                           "training length)")
     for flag, v in (("--context", args.context), ("--segment", args.segment), ("--regions", args.regions),
@@ -117,7 +118,11 @@ def run_ppl(args) -> int:
         raise ConfigError(f"--storage {args.storage}: the folder is not empty (a store `generate` built, with its "
                           "session?); eval ppl clears its store for every window, so name a new folder, or pass "
                           "--overwrite-storage to delete that store")
-    model, meta, tok = load_lm_checkpoint(args.checkpoint)
+    return factors
+
+
+def _ppl_corpus(args, meta, tok):
+    """The corpus to score: the one named, or the one the checkpoint was trained on, tokenized as it was."""
     trained = meta.get("corpus", {}).get("folder")
     if args.corpus is None and trained is None:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no corpus it was trained on (`bmojo demo` and "
@@ -128,6 +133,13 @@ def run_ppl(args) -> int:
     if not same_tokens(corpus.tokenizer, tok):
         raise ConfigError(f"{corpus.folder}: tokenized with {describe_tokenizer(corpus.tokenizer)}, the checkpoint "
                           f"with {describe_tokenizer(tok)}; prepare the text with --tokenizer {lm_tokenizer(meta)[1]}")
+    return corpus
+
+
+def run_ppl(args) -> int:
+    factors = _check_ppl_args(args)
+    model, meta, tok = load_lm_checkpoint(args.checkpoint)
+    corpus = _ppl_corpus(args, meta, tok)
     T = args.train_len or (meta.get("lm") or {}).get("seq_len")
     if T is None and args.context is None:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no training length (`bmojo demo` and `bmojo "

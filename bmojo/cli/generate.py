@@ -80,8 +80,9 @@ class StreamDecoder:
         return self.tok.decode(self.ids[self.start:])
 
 
-def run(args) -> int:
-    try:  # every option is checked before the checkpoint is read or a byte is written
+def _check_args(args) -> None:
+    """Every option checked before the checkpoint is read or a byte is written."""
+    try:
         check_sampling(args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         name = str(e).split()[0]
@@ -91,18 +92,28 @@ def run(args) -> int:
     if args.compile and args.storage:
         raise ConfigError("--compile with --storage: the long-term store's reads and writes are not compiled; "
                           "drop one of them")
+
+
+def _open_session(args, model, weights):
+    """With --storage: the store and the session state it holds (None, None without)."""
+    if not args.storage:
+        return None, None
+    check_session(args.storage, model, weights)  # another model's session: refused before the store is touched
+    store = Store.for_model(args.storage, model, rows=1, cfg=store_config(args))
+    state = load_session(store, model, weights=weights)
+    report_recovery(store)  # what an unfinished earlier call left is reported, with where it was kept
+    if state.pos:
+        print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
+    return store, state
+
+
+def run(args) -> int:
+    _check_args(args)
     prompt = read_prompt(args)
     model, meta, tok = load_lm_checkpoint(args.checkpoint)
     ids = tok.encode(prompt).tolist()
-    store = state = None
     weights = meta["weights_sha256"]
-    if args.storage:
-        check_session(args.storage, model, weights)  # another model's session: refused before the store is touched
-        store = Store.for_model(args.storage, model, rows=1, cfg=store_config(args))
-        state = load_session(store, model, weights=weights)
-        report_recovery(store)  # what an unfinished earlier call left is reported, with where it was kept
-        if state.pos:
-            print(f"[continuing the session in {args.storage} after {state.pos} tokens]", file=sys.stderr)
+    store, state = _open_session(args, model, weights)
     stream = StreamDecoder(tok, ids)
     sys.stdout.write(prompt)
     step = None

@@ -203,10 +203,8 @@ def dry_run(args, spec: LMSpec, tcfg: TrainConfig) -> int:
     return 0
 
 
-def run(args) -> int:
+def _check_run_args(args):
     from bmojo.config import ConfigError
-    from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus
-    from bmojo.train.loop import TrainingInterrupted
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace it)")
@@ -214,10 +212,73 @@ def run(args) -> int:
         raise ConfigError("--resume: name the run folder with --out")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a file; name a run folder")
+
+
+def _run_corpus(args, folder, d):
+    """The corpus to train on: the run's own when resuming (a --corpus given must be the same one), else the one
+    named, prepared by rank 0 while the other ranks wait."""
+    from bmojo.config import ConfigError
+    from bmojo.data.text.corpus import DEFAULT_ROOT, TokenCorpus
+
+    main = d is None or d.main
+    if not main:
+        d.barrier()  # rank 0 prepares the corpus (first use) while the others wait
+    def named():
+        return open_corpus(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size,
+                           root=args.data, text_field=args.text_field)
+
+    if not args.resume:
+        corpus = named()
+    else:
+        corpus = TokenCorpus(folder)
+        if args.corpus != "stdlib" or args.tokenizer is not None or args.data != DEFAULT_ROOT:
+            given = named()
+            if given.folder.resolve() != corpus.folder.resolve():
+                raise ConfigError(f"--resume: the run was trained on {corpus.folder}, not {given.folder}; "
+                                  "leave out --corpus")
+    if d is not None and main:
+        d.barrier()
+    return corpus
+
+
+def _announce(args, spec, tcfg, corpus, out, d):
+    if not args.resume:
+        for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size, args.init):
+            print(f"train: warning: {w}", file=sys.stderr, flush=True)
+        sized = getattr(args, "recipe_vocab", None)
+        if sized and sized != corpus.tokenizer.vocab_size:
+            print(f"train: warning: {args.config} was sized for a vocabulary of {sized:,}; this tokenizer has "
+                  f"{corpus.tokenizer.vocab_size:,}, so the parameter count differs from the recipe's",
+                  file=sys.stderr, flush=True)
+    start = f" from {args.init}" if args.init else ""
+    print(f"train: {spec.preset}{start} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
+          f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
+          flush=True)
+
+
+def _report(spec, model, res, out) -> None:
+    if res.already_done:
+        ppl = res.eval.get("ppl")
+        print(f"{out}: the run already finished at step {res.steps}" +
+              (f" (validation perplexity {ppl:.3f})" if ppl is not None else "") +
+              "; nothing changed. Pass a larger --steps to train it further")
+        return
+    summary = {"preset": spec.preset, "params": model.num_params(), "steps": res.steps,
+               "train_seconds": res.train_seconds, "val_loss": res.eval.get("loss"), "val_ppl": res.eval.get("ppl"),
+               "checkpoint": res.checkpoint}
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    print(f"{spec.preset} ({model.num_params():,} params): validation perplexity {res.eval.get('ppl', float('nan')):.3f}"
+          f" after {res.steps} steps ({res.train_seconds:.0f}s); checkpoint {res.checkpoint}")
+
+
+def run(args) -> int:
+    from bmojo.train.loop import TrainingInterrupted
+
+    _check_run_args(args)
     if args.resume:
         spec, tcfg, folder = _spec_from_checkpoint(args, Path(args.out))
     else:
-        spec, tcfg = _spec_from_args(args)
+        (spec, tcfg), folder = _spec_from_args(args), None
     if args.dry_run:
         return dry_run(args, spec, tcfg)
     if args.init and args.tokenizer is None:  # the corpus is tokenized as the checkpoint it starts from was
@@ -226,53 +287,16 @@ def run(args) -> int:
         args.tokenizer = lm_tokenizer(read_meta(args.init))[1]
     d = dist.setup(tcfg.parallel, tcfg.batch_size)  # under torchrun: the process group, before any file is touched
     main = d is None or d.main
-    if not main:
-        d.barrier()  # rank 0 prepares the corpus (first use) while the others wait
-    if args.resume:
-        corpus = TokenCorpus(folder)
-        if args.corpus != "stdlib" or args.tokenizer is not None or args.data != DEFAULT_ROOT:
-            given = open_corpus(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size,
-                                root=args.data, text_field=args.text_field)
-            if given.folder.resolve() != corpus.folder.resolve():
-                raise ConfigError(f"--resume: the run was trained on {corpus.folder}, not {given.folder}; "
-                                  "leave out --corpus")
-    else:
-        corpus = open_corpus(args.corpus, tokenizer=args.tokenizer or "byte", vocab_size=args.vocab_size,
-                             root=args.data, text_field=args.text_field)
-    if d is not None and main:
-        d.barrier()
+    corpus = _run_corpus(args, folder, d)
     out = Path(args.out or f"runs/train/{corpus.manifest['corpus']}-{spec.preset}")
-    if main and not args.resume:
-        for w in _warnings(spec, tcfg, corpus.tokenizer.vocab_size, args.init):
-            print(f"train: warning: {w}", file=sys.stderr, flush=True)
-        sized = getattr(args, "recipe_vocab", None)
-        if sized and sized != corpus.tokenizer.vocab_size:
-            print(f"train: warning: {args.config} was sized for a vocabulary of {sized:,}; this tokenizer has "
-                  f"{corpus.tokenizer.vocab_size:,}, so the parameter count differs from the recipe's",
-                  file=sys.stderr, flush=True)
     if main:
-        start = f" from {args.init}" if args.init else ""
-        print(f"train: {spec.preset}{start} on {corpus.folder} ({corpus.summary()}), {tcfg.steps} steps of "
-              f"{tcfg.batch_size}x{spec.seq_len} tokens -> {out}" + (f", {d.world} processes ({d.mode})" if d else ""),
-              flush=True)
+        _announce(args, spec, tcfg, corpus, out, d)
     try:
         model, res = train_lm(spec, corpus, tcfg, out, resume=args.resume, overwrite=args.overwrite, init=args.init)
     except TrainingInterrupted as e:
         if e.checkpoint:
             e.args = (f"{e}. Resume with: bmojo train --resume --out {out}",)
         raise
-    if not main:
-        return 0
-    if res.already_done:
-        ppl = res.eval.get("ppl")
-        print(f"{out}: the run already finished at step {res.steps}" +
-              (f" (validation perplexity {ppl:.3f})" if ppl is not None else "") +
-              "; nothing changed. Pass a larger --steps to train it further")
-        return 0
-    summary = {"preset": spec.preset, "params": model.num_params(), "steps": res.steps,
-               "train_seconds": res.train_seconds, "val_loss": res.eval.get("loss"), "val_ppl": res.eval.get("ppl"),
-               "checkpoint": res.checkpoint}
-    (out / "result.json").write_text(json.dumps(summary, indent=2))
-    print(f"{spec.preset} ({model.num_params():,} params): validation perplexity {res.eval.get('ppl', float('nan')):.3f}"
-          f" after {res.steps} steps ({res.train_seconds:.0f}s); checkpoint {res.checkpoint}")
+    if main:
+        _report(spec, model, res, out)
     return 0

@@ -145,6 +145,20 @@ def _llama_names(n_layers: int) -> dict[str, str]:
 IGNORABLE = re.compile(r".*\.rotary_emb\.inv_freq$")
 
 
+def _config_and_names(hf: dict, arch: str, window):
+    """The bmojo config an HF config maps to, and bmojo's tensor names -> the source's."""
+    try:
+        if arch == "mamba":
+            cfg = mamba_config(hf)
+            return cfg, _mamba_names(cfg.n_layers)
+        w = hf.get("sliding_window") if (window == "auto" and arch == "mistral") else \
+            (None if window == "auto" else window)
+        cfg = llama_config(hf, w)
+        return cfg, _llama_names(cfg.n_layers)
+    except ConfigError as e:
+        raise CheckpointError(f"{arch} config.json does not map to a valid bmojo config: {e}") from None
+
+
 def convert_state(hf: dict, tensors: dict[str, torch.Tensor], window: int | str | None = "auto"):
     """(ModelConfig, bmojo state dict) from an HF config and its tensors.  window: for Mistral, "auto" takes
     the config's sliding_window (swa preset; none -> transformer), None forces full attention."""
@@ -155,17 +169,7 @@ def convert_state(hf: dict, tensors: dict[str, torch.Tensor], window: int | str 
         names = hf.get("architectures") or []
         raise CheckpointError(f"unsupported architecture: model_type={arch!r} {names}; bmojo converts "
                               f"{list(SUPPORTED)} (MambaForCausalLM, LlamaForCausalLM, MistralForCausalLM)")
-    try:
-        if arch == "mamba":
-            cfg = mamba_config(hf)
-            names = _mamba_names(cfg.n_layers)
-        else:
-            w = hf.get("sliding_window") if (window == "auto" and arch == "mistral") else \
-                (None if window == "auto" else window)
-            cfg = llama_config(hf, w)
-            names = _llama_names(cfg.n_layers)
-    except ConfigError as e:
-        raise CheckpointError(f"{arch} config.json does not map to a valid bmojo config: {e}") from None
+    cfg, names = _config_and_names(hf, arch, window)
     from bmojo.models.lm import BMojoLM
 
     with torch.device("meta"):

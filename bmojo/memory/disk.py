@@ -110,50 +110,68 @@ def recover(folder: Path, spec: dict, apply: bool = True) -> tuple[dict[int, int
         layer, path = int(key), folder / f"layer{key}.bin"
         size = record_dtype(d["kv_heads"], d["head_dim"], spec["dtype"]).itemsize
         data = path.read_bytes() if path.exists() else b""
-        n, segs = committed.get(layer, 0), segments.get(layer, [])
-        short = len(data) < n * size
-        if short:  # cut short outside bmojo: keep the whole records there are, checked one by one
-            whole = len(data) // size
-            report.append({"file": path.name, "layer": layer, "dropped_entries": n - whole,
-                           "reason": f"the file ends inside record {whole} (of {n} committed): cut short outside "
-                                     "bmojo"})
-            segs = [(a, min(b, whole), crc if b <= whole else "own") for a, b, crc in segs if a < whole]
-            aside.append((f"{path.name}.partial", data[whole * size:]))
-            n = whole
-        elif len(data) > n * size:
-            report.append({"file": path.name, "layer": layer, "dropped_entries": -(-(len(data) - n * size) // size),
-                           "dropped_bytes": len(data) - n * size, "reason": "the write in flight at a crash"})
-            aside.append((f"{path.name}.uncommitted", data[n * size:]))
-        bad = _corrupt_records(data, size, segs)
-        if bad:
-            report.append({"file": path.name, "layer": layer, "dropped_entries": len(bad), "records": bad,
-                           "reason": f"record(s) {_ranges(bad)} of {path.name} fail their CRC or their commit's: "
-                                     f"corrupted on disk; dropped, the {n - len(bad)} intact records kept"})
-            aside.append((f"{path.name}.corrupt", b"".join(data[i * size:(i + 1) * size] for i in bad)))
-        if short or bad:  # records go: the kept ones are rewritten, and the cut committed
-            keep = sorted(set(range(n)) - set(bad))
-            rewrites[layer] = (path, b"".join(data[i * size:(i + 1) * size] for i in keep))
-            committed[layer] = len(keep)
-        elif len(data) > n * size:  # only a crash's uncommitted tail: cut the file, nothing to rewrite or commit
-            rewrites[layer] = (path, n * size)
+        kept = _recover_layer(path, layer, data, size, committed.get(layer, 0), segments.get(layer, []), report,
+                              aside)
+        if kept is not None:
+            rewrites[layer], n = kept
+            if n is not None:
+                committed[layer] = n
     if apply and (aside or rewrites):
-        where = move_aside(folder, aside)
-        for r in report:
-            r["kept_in"] = where
-        if good < len(raw):
-            with open(log, "r+b") as f:
-                f.truncate(good)
-        for layer, (path, kept) in rewrites.items():
-            if isinstance(kept, int):
-                with open(path, "r+b") as f:
-                    f.truncate(kept)
-                continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(kept)
-            os.replace(tmp, path)
-            with open(log, "ab") as f:  # commit the cut, so the next open agrees
-                f.write(commit_record(layer, committed[layer], zlib.crc32(kept)))
+        _apply_recovery(folder, log, good if good < len(raw) else None, aside, rewrites, committed, report)
     return committed, report
+
+
+def _recover_layer(path: Path, layer: int, data: bytes, size: int, n: int, segs: list, report: list, aside: list):
+    """One layer file of `n` committed records of `size` bytes: what recovery drops from it (appended to `report`,
+    its bytes to `aside`) -> None when nothing, else ((path, the kept bytes or the length to cut to), the new
+    committed count or None when it stays)."""
+    short = len(data) < n * size
+    if short:  # cut short outside bmojo: keep the whole records there are, checked one by one
+        whole = len(data) // size
+        report.append({"file": path.name, "layer": layer, "dropped_entries": n - whole,
+                       "reason": f"the file ends inside record {whole} (of {n} committed): cut short outside "
+                                 "bmojo"})
+        segs = [(a, min(b, whole), crc if b <= whole else "own") for a, b, crc in segs if a < whole]
+        aside.append((f"{path.name}.partial", data[whole * size:]))
+        n = whole
+    elif len(data) > n * size:
+        report.append({"file": path.name, "layer": layer, "dropped_entries": -(-(len(data) - n * size) // size),
+                       "dropped_bytes": len(data) - n * size, "reason": "the write in flight at a crash"})
+        aside.append((f"{path.name}.uncommitted", data[n * size:]))
+    bad = _corrupt_records(data, size, segs)
+    if bad:
+        report.append({"file": path.name, "layer": layer, "dropped_entries": len(bad), "records": bad,
+                       "reason": f"record(s) {_ranges(bad)} of {path.name} fail their CRC or their commit's: "
+                                 f"corrupted on disk; dropped, the {n - len(bad)} intact records kept"})
+        aside.append((f"{path.name}.corrupt", b"".join(data[i * size:(i + 1) * size] for i in bad)))
+    if short or bad:  # records go: the kept ones are rewritten, and the cut committed
+        keep = sorted(set(range(n)) - set(bad))
+        return (path, b"".join(data[i * size:(i + 1) * size] for i in keep)), len(keep)
+    if len(data) > n * size:  # only a crash's uncommitted tail: cut the file, nothing to rewrite or commit
+        return (path, n * size), None
+    return None
+
+
+def _apply_recovery(folder: Path, log: Path, log_good: int | None, aside: list, rewrites: dict, committed: dict,
+                    report: list) -> None:
+    """Move every dropped byte aside, cut the commit log to its last good record (`log_good`, None = whole), and
+    rewrite or cut each layer file, committing every rewrite."""
+    where = move_aside(folder, aside)
+    for r in report:
+        r["kept_in"] = where
+    if log_good is not None:
+        with open(log, "r+b") as f:
+            f.truncate(log_good)
+    for layer, (path, kept) in rewrites.items():
+        if isinstance(kept, int):
+            with open(path, "r+b") as f:
+                f.truncate(kept)
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(kept)
+        os.replace(tmp, path)
+        with open(log, "ab") as f:  # commit the cut, so the next open agrees
+            f.write(commit_record(layer, committed[layer], zlib.crc32(kept)))
 
 
 def verify(folder) -> list[dict]:

@@ -108,18 +108,7 @@ def eidetic_memory_ref(scores, *, start, chunk, memory, pending, src_offset, rul
             if b >= n_done:
                 break
             chunk_idx = [M + t for t in range(b * chunk, (b + 1) * chunk)]
-            a = a0 // chunk + b  # absolute index of the chunk just finished
-
-            def prio(j):  # (priority at this update, older first on ties): sort ascending
-                s, p, _ = pool[j]
-                return (math.inf, 0) if p < 0 else (-s * decay ** (a - p // chunk), p)
-            if rule == "topk":
-                ranked = sorted(mem + chunk_idx, key=prio)
-                kept, lost = ranked[:M], ranked[M:]
-            else:
-                k = per_chunk if M else 0
-                ranked = sorted(chunk_idx, key=prio)
-                kept, lost = mem[k:] + ranked[:k], mem[:k] + ranked[k:]
+            kept, lost = _ref_update(pool, mem, chunk_idx, a0 // chunk + b, chunk, rule, decay, per_chunk)
             for j in lost:
                 if pool[j][1] >= 0:
                     evicted_at[j] = b
@@ -130,17 +119,36 @@ def eidetic_memory_ref(scores, *, start, chunk, memory, pending, src_offset, rul
         rows["pool"].append(pool)
         rows["evicted_at"].append(evicted_at)
     dev = scores.device
-
-    def as_entries(x, shape):  # per row, lists (or lists of lists, for blocks) of (score, pos, src) -> Entries
-        flat = [e for r in x for e in r] if len(shape) == 2 else [e for r in x for blk in r for e in blk]
-        col = [list(c) for c in zip(*flat)] if flat else [[], [], []]
-        return Entries(torch.tensor(col[0], dtype=torch.float32, device=dev).view(shape),
-                       torch.tensor(col[1], dtype=torch.long, device=dev).view(shape),
-                       torch.tensor(col[2], dtype=torch.long, device=dev).view(shape))
+    as_entries = lambda x, shape: _ref_entries(x, shape, dev)
     N = M + n + T
     return EideticOut(as_entries(rows["blocks"], (Bsz, nb, M)), as_entries(rows["memory"], (Bsz, M)),
                       as_entries(rows["pending"], (Bsz, N - M - n_done * chunk)), as_entries(rows["pool"], (Bsz, N)),
                       torch.tensor(rows["evicted_at"], dtype=torch.long, device=dev).view(Bsz, N))
+
+
+def _ref_update(pool, mem, chunk_idx, a, chunk, rule, decay, per_chunk):
+    """One update of the reference at the end of absolute chunk `a`: pool indices (memory `mem` in slot order,
+    the chunk's `chunk_idx`) -> (kept in slot order, lost)."""
+    M = len(mem)
+
+    def prio(j):  # (priority at this update, older first on ties): sort ascending
+        s, p, _ = pool[j]
+        return (math.inf, 0) if p < 0 else (-s * decay ** (a - p // chunk), p)
+    if rule == "topk":
+        ranked = sorted(mem + chunk_idx, key=prio)
+        return ranked[:M], ranked[M:]
+    k = per_chunk if M else 0
+    ranked = sorted(chunk_idx, key=prio)
+    return mem[k:] + ranked[:k], mem[:k] + ranked[k:]
+
+
+def _ref_entries(x, shape, dev) -> Entries:
+    """Per row, lists (or lists of lists, for blocks) of (score, pos, src) -> Entries of `shape`."""
+    flat = [e for r in x for e in r] if len(shape) == 2 else [e for r in x for blk in r for e in blk]
+    col = [list(c) for c in zip(*flat)] if flat else [[], [], []]
+    return Entries(torch.tensor(col[0], dtype=torch.float32, device=dev).view(shape),
+                   torch.tensor(col[1], dtype=torch.long, device=dev).view(shape),
+                   torch.tensor(col[2], dtype=torch.long, device=dev).view(shape))
 
 
 # ---- fast path -----------------------------------------------------------------------------------------------

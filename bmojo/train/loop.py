@@ -193,18 +193,8 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
     step boundary, saves a checkpoint and raises TrainingInterrupted.  Launched by torchrun with several
     processes, the model is wrapped in DDP or FSDP2 (cfg.parallel) and each process trains on its rows of every
     global batch (bmojo.train.dist)."""
-    d = dist.setup(cfg.parallel, cfg.batch_size)
-    if d is not None and (cfg.batch_size // d.world) % cfg.grad_accum:
-        raise ConfigError(f"grad_accum={cfg.grad_accum}: must divide the {cfg.batch_size // d.world} rows each of the "
-                          f"{d.world} processes gets of batch_size={cfg.batch_size}")
-    ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
-    if ckpt is not None and not resume and (d is None or d.main):
-        claim_run_folder(out_dir, overwrite)
+    d, ckpt = _setup(model, cfg, out_dir, resume, overwrite)
     no_decay = no_decay_names(model)  # read before any wrapping, which may drop the tags
-    if cfg.checkpoint_activations:
-        if not hasattr(model, "checkpoint_activations"):
-            raise ConfigError(f"checkpoint_activations: {type(model).__name__} does not support it")
-        model.checkpoint_activations = True
     # 1. resume: the weights and the step to start from (the optimizer state is read once the optimizer exists)
     start, saved = _restore(model, ckpt, resume)
     if saved is not None and start >= cfg.steps:
@@ -223,10 +213,7 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
         try:
             for step in range(start, cfg.steps):
                 if ctrl_c.requested:  # step boundary: `step` steps are done
-                    run.bar.close()
-                    path = run.save({"step": step}) if ckpt is not None else None
-                    raise TrainingInterrupted(f"stopped after step {step}" + (f"; checkpoint {path} (step {step})"
-                                                                              if path else ""), step, path)
+                    _stop_after(step, run, ckpt)
                 # 3. one optimizer step (or a skipped batch)
                 t0 = time.perf_counter()
                 if hasattr(model, "set_progress"):  # schedules inside the model (the eidetic training pool's)
@@ -240,12 +227,42 @@ def train(model, cfg: TrainConfig, batch_fn: Callable[[int], Batch], *, eval_bat
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C (or one in a distributed run): the last saved checkpoint stays
-            run.bar.close()
-            last = read_meta(ckpt)["step"] if ckpt is not None and has_checkpoint(ckpt) else None
-            where = f"; the last checkpoint is {ckpt} (step {last})" if last is not None else "; no checkpoint saved"
-            raise TrainingInterrupted(f"stopped during step {step + 1}{where}", step,
-                                      str(ckpt) if last is not None else None) from None
+            _stopped_during(step, run, ckpt)
     return run.finish(step + 1 if cfg.steps > start else start)
+
+
+def _stop_after(step: int, run: "_Run", ckpt: Path | None):
+    """Ctrl-C at a step boundary: save a checkpoint of the `step` steps done, and stop."""
+    run.bar.close()
+    path = run.save({"step": step}) if ckpt is not None else None
+    raise TrainingInterrupted(f"stopped after step {step}" + (f"; checkpoint {path} (step {step})" if path else ""),
+                              step, path)
+
+
+def _stopped_during(step: int, run: "_Run", ckpt: Path | None):
+    """A second Ctrl-C inside a step: stop, naming the last checkpoint saved (it stays as it was)."""
+    run.bar.close()
+    last = read_meta(ckpt)["step"] if ckpt is not None and has_checkpoint(ckpt) else None
+    where = f"; the last checkpoint is {ckpt} (step {last})" if last is not None else "; no checkpoint saved"
+    raise TrainingInterrupted(f"stopped during step {step + 1}{where}", step,
+                              str(ckpt) if last is not None else None) from None
+
+
+def _setup(model, cfg: TrainConfig, out_dir, resume: bool, overwrite: bool):
+    """The process group (under torchrun), the run folder claimed, activation checkpointing switched on ->
+    (the process group or None, the checkpoint folder or None)."""
+    d = dist.setup(cfg.parallel, cfg.batch_size)
+    if d is not None and (cfg.batch_size // d.world) % cfg.grad_accum:
+        raise ConfigError(f"grad_accum={cfg.grad_accum}: must divide the {cfg.batch_size // d.world} rows each of the "
+                          f"{d.world} processes gets of batch_size={cfg.batch_size}")
+    ckpt = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if ckpt is not None and not resume and (d is None or d.main):
+        claim_run_folder(out_dir, overwrite)
+    if cfg.checkpoint_activations:
+        if not hasattr(model, "checkpoint_activations"):
+            raise ConfigError(f"checkpoint_activations: {type(model).__name__} does not support it")
+        model.checkpoint_activations = True
+    return d, ckpt
 
 
 def _restore(model, ckpt: Path | None, resume: bool) -> tuple[int, dict | None]:

@@ -108,29 +108,13 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     log(f"  {len(names)} documents, {n_bytes:,} bytes; skipped {skipped.summary()}")
     splits = assign_splits(names, val_frac, test_frac, seed)
     docs = lambda: _documents(src, min_bytes, strict, pieces)
-    if tokenizer == "byte":
-        tok: Tokenizer = ByteTokenizer()
-    elif tokenizer == "bpe":
-        log(f"  training a byte-level BPE tokenizer (vocab {vocab_size}) on up to {bpe_sample_bytes / 1e6:,.0f} MB "
-            "of the training split")
-        tok = BPETokenizer.train(_sample((t for n, t in docs() if splits[n] == "train"), bpe_sample_bytes),
-                                 vocab_size, progress=sys.stderr.isatty())
-    else:
-        tok = user_tok
+    tok = _tokenizer_for(tokenizer, user_tok, docs, splits, vocab_size, bpe_sample_bytes, log)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tok.save(tmp)
     dtype = _dtype(tok.vocab_size)
-    writers = {split: _SplitWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
-    meter = _Meter(n_bytes, log)
-    with open(tmp / "documents.jsonl", "w") as names_file:
-        for name, ids, size in _tokenize(tok, docs(), workers):
-            split = splits[name]
-            offset = writers[split].add(tok.sep_id, ids)
-            names_file.write(json.dumps({"name": name, "split": split, "offset": offset, "tokens": len(ids)}) + "\n")
-            meter.update(size)
-    meter.done()
+    writers = _write_splits(tmp, tok, dtype, docs(), splits, workers, shard_tokens, _Meter(n_bytes, log))
     manifest = {"format": FORMAT, "version": VERSION, "corpus": src.name, "source": src.info,
                 "description": src.description, "licence": src.licence, "tokenizer": tok.to_dict(),
                 "settings": settings, "id": corpus_id, "dtype": dtype, "skipped": skipped.to_dict(),
@@ -138,12 +122,45 @@ def prepare(corpus: str, *, tokenizer: str = "byte", vocab_size: int = 4096, roo
     for split, w in writers.items():
         manifest["splits"][split] = w.close()
         log(f"  {split}: {w.documents} documents, {w.tokens:,} tokens in {len(w.shards)} shard(s)")
+    _publish(tmp, out, manifest)
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def _publish(tmp: Path, out: Path, manifest: dict) -> None:
+    """The manifest written last, then the finished corpus renamed into place (replacing an older one)."""
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    log(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
-    return out
+
+
+def _tokenizer_for(tokenizer: str, user_tok, docs, splits: dict, vocab_size: int, bpe_sample_bytes: int,
+                   log) -> Tokenizer:
+    """The byte tokenizer, a BPE trained on the first `bpe_sample_bytes` of the training split, or the user's."""
+    if tokenizer == "byte":
+        return ByteTokenizer()
+    if tokenizer == "bpe":
+        log(f"  training a byte-level BPE tokenizer (vocab {vocab_size}) on up to {bpe_sample_bytes / 1e6:,.0f} MB "
+            "of the training split")
+        return BPETokenizer.train(_sample((t for n, t in docs() if splits[n] == "train"), bpe_sample_bytes),
+                                  vocab_size, progress=sys.stderr.isatty())
+    return user_tok
+
+
+def _write_splits(tmp: Path, tok: Tokenizer, dtype: str, docs, splits: dict, workers, shard_tokens: int,
+                  meter: "_Meter") -> dict:
+    """The second pass: tokenize `docs` and append each to its split's shards under `tmp`, with one line per
+    document in documents.jsonl -> {split: its writer}."""
+    writers = {split: _SplitWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
+    with open(tmp / "documents.jsonl", "w") as names_file:
+        for name, ids, size in _tokenize(tok, docs, workers):
+            split = splits[name]
+            offset = writers[split].add(tok.sep_id, ids)
+            names_file.write(json.dumps({"name": name, "split": split, "offset": offset, "tokens": len(ids)}) + "\n")
+            meter.update(size)
+    meter.done()
+    return writers
 
 
 def _scan(corpus: str, src: Source, tok_tag: str, settings: dict, min_bytes: int, strict: bool):
