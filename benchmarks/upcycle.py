@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bmojo.data.text.corpus import open_corpus
-from bmojo.eval.compare import render_table
+from bmojo.eval.jobs import render_table
 from bmojo.models.upcycle import upcycle
 from bmojo.train.checkpoint import load_checkpoint
 from bmojo.train.config import TrainConfig

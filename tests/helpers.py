@@ -41,11 +41,11 @@ def assert_grads_close(fast, ref, names, rtol=1e-5):
 
 
 def randomise_extras(module, std=0.3):
-    """Give zero- or identity-initialised parts (innovation predictor, selection gate, attn_conv, null key) non-trivial
-    values, so that tests exercise them."""
+    """Give zero- or identity-initialised parts (innovation predictor, selection gate, attn_conv, null key) and the
+    fading segment's logit offset (which may start far off) non-trivial values, so that tests exercise them."""
     with torch.no_grad():
         for n, p in module.named_parameters():
-            if "predictor" in n or "attn_conv" in n or "gate" in n or "null_" in n:
+            if any(part in n for part in ("predictor", "attn_conv", "gate", "null_", "fading_bias")):
                 p.normal_(0, std)
     return module
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bmojo.bench import suites
-from bmojo.eval.compare import render_table
+from bmojo.eval.jobs import render_table
 from bmojo.utils.runtime import machine
 
 SUITES = {"scan": suites.scan_suite, "attention": suites.attention_suite, "train": suites.train_suite,

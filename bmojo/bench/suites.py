@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from bmojo.bench.timing import fwd_bwd, op_calls, peak_extra_bytes, scan_inputs, sync, timeit
 from bmojo.models import BMojoLM, size_to_params
-from bmojo.ops import cuda, scan_cpu
+from bmojo.ops import cuda, scan_cpp
 from bmojo.ops.attention import window_attention
-from bmojo.ops.scan import selective_scan, selective_scan_ref
+from bmojo.ops.scan import selective_scan, selective_scan_fused, selective_scan_ref
 from bmojo.ops.ssd import ssd_chunked
 
 PRESETS = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
@@ -45,19 +45,19 @@ def scan_suite(quick: bool, device="cpu", log=print) -> dict:
     on_cuda = torch.device(device).type == "cuda"
     impls = {}
     if on_cuda and cuda.has("mamba_ssm"):
-        impls["mamba1 fused (mamba_ssm CUDA)"] = lambda: scan_cpu.selective_scan_fused(*inp)
-    elif not on_cuda and scan_cpu.available():
-        impls["mamba1 fused (C++)"] = lambda: scan_cpu.selective_scan_fused(*inp)
+        impls["mamba1 fused (mamba_ssm CUDA)"] = lambda: selective_scan_fused(*inp)
+    elif not on_cuda and scan_cpp.available():
+        impls["mamba1 fused (C++)"] = lambda: scan_cpp.selective_scan_cpp(*inp)
     elif not on_cuda:
-        log(f"  (fused scan unavailable: {scan_cpu.error()})")
+        log(f"  (fused scan unavailable: {scan_cpp.error()})")
     impls["mamba1 chunked (PyTorch)"] = lambda: selective_scan(*inp)
     impls["mamba1 sequential reference"] = lambda: selective_scan_ref(*inp)
     if _has("mambapy"):
         from mambapy.mamba import MambaBlock
 
         impls["mambapy parallel scan"] = lambda: (MambaBlock.selective_scan(None, *inp), None)
-    if not on_cuda and scan_cpu.available():
-        impls["mamba2 fused (C++, same width)"] = lambda: scan_cpu.ssd_fused(*inp2)
+    if not on_cuda and scan_cpp.available():
+        impls["mamba2 fused (C++, same width)"] = lambda: scan_cpp.ssd_cpp(*inp2)
     impls["mamba2 chunked SSD (PyTorch)"] = lambda: ssd_chunked(*inp2)
     rows = []
     for name, fn in impls.items():

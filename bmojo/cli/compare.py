@@ -21,16 +21,9 @@ ALL = ["transformer", "swa", "mamba", "hybrid", "bmojo-f", "bmojo"]
 # queried pair lies beyond the window; B'MOJO keeps M=16 eidetic tokens.
 DEFAULT_TASK = {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8, "query_start": 32}
 DEFAULT_MODEL = {"n_layers": 2, "window": 8, "chunk": 8, "memory_size": 16, "n_heads": 4, "ssm_head_dim": 16}
-# B'MOJO's learned selection for recall (benchmarks/results/selection_ablation): the gate read as an attention
-# logit, every token in the training pool (train_memory_size = seq_len) shrinking to M over the first half of
-# training, a sparsity penalty on the gate, the gate alone ranking (the innovation score cannot tell MQAR's random
-# filler from its pairs), the fading segment starting switched off, and a cheaper SSM (expand 1, d_state 8) so
-# that the parameter budget buys width; and the SSM output kept out of the residual stream (the preset adds it,
-# which helps language modelling; for recall it gave 0.631 against 0.782 at seed 0, 0.568 against 0.564 at seed 1:
-# docs/language-modelling.md).
-# Applied to the bmojo runs; --model-opt still overrides it.
-BMOJO_RECALL = {"selection_gate": True, "gate_read": "logit", "selector": "none", "gate_penalty": 0.1,
-                "train_memory_anneal": 0.5, "fading_gate": -4.0, "expand": 1, "d_state": 8, "ssm_residual": False}
+# The bmojo runs train the preset `bmojo-recall` (B'MOJO's learned selection for recall) with every token of a
+# sequence in its training pool (train_memory_size = seq_len); --model-opt still overrides it.
+RECALL_PRESET = "bmojo-recall"
 
 
 FRONTIER = {"memory_sizes": "4,8,32", "windows": "16,32", "d_states": "4,64"}
@@ -91,7 +84,7 @@ def add_parser(sub) -> None:
                    f"built-in: {DEFAULT_MODEL}")
     p.add_argument("--paper-bmojo", action="store_true", help="train the bmojo runs as the paper defines the "
                    "layer (bmojo-paper: the innovation test, no gate, no SSM residual) instead of with the learned "
-                   f"selection {BMOJO_RECALL}")
+                   f"selection of the preset {RECALL_PRESET!r}: {PRESETS[RECALL_PRESET]})")
     p.add_argument("--seed", type=int, default=0, help="seed of init and data (the same for every run)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2: every run once per seed, the table "
                    "shows the median (and the min) over seeds; overrides --seed")
@@ -119,8 +112,8 @@ def build_spec(args) -> CompareSpec:
     user = model_overrides(args.model_opt)
     model = {**DEFAULT_MODEL, **user}
     T = task_opts.get("seq_len", getattr(cls(), "seq_len"))
-    recipe = {**BMOJO_RECALL, "train_memory_size": T} if not args.paper_bmojo else dict(PRESETS["bmojo-paper"])
-    recipe = {**recipe, **user}  # the user's overrides win over the recipe too
+    bmojo_preset = "bmojo-paper" if args.paper_bmojo else RECALL_PRESET
+    recipe = {**({} if args.paper_bmojo else {"train_memory_size": T}), **user}  # the user's overrides win
     for flag, v in (("--eval-examples", args.eval_examples), ("--workers", args.workers), ("--steps", args.steps),
                     ("--batch-size", args.batch_size)):
         if v < 1:
@@ -131,12 +124,12 @@ def build_spec(args) -> CompareSpec:
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:
         raise ConfigError(f"--presets: unknown {unknown}; allowed: {sorted(PRESETS)}")
-    runs = [RunSpec(p, p, recipe if p == "bmojo" else {}) for p in presets]
+    runs = [RunSpec(p, bmojo_preset, recipe) if p == "bmojo" else RunSpec(p, p, {}) for p in presets]
     for s in [s for s in args.selectors.split(",") if s]:  # the scorers alone, at equal M
         runs.append(RunSpec(f"bmojo[{s}]", "bmojo", {"selector": s, "selection_gate": False, **user}))
     sweeps = {k: getattr(args, k) or (FRONTIER[k] if args.frontier else "") for k in FRONTIER}
     for m in [int(m) for m in sweeps["memory_sizes"].split(",") if m]:
-        runs.append(RunSpec(f"bmojo[M={m}]", "bmojo", {**recipe, "memory_size": m}))
+        runs.append(RunSpec(f"bmojo[M={m}]", bmojo_preset, {**recipe, "memory_size": m}))
     for w in [int(w) for w in sweeps["windows"].split(",") if w]:
         runs.append(RunSpec(f"swa[W={w}]", "swa", {"window": w, "chunk": None}))
     for n in [int(n) for n in sweeps["d_states"].split(",") if n]:

@@ -19,7 +19,7 @@ from bmojo.cli.common import number_list
 from bmojo.config import ConfigError
 from bmojo.cli.memory import add_store_args, open_store
 from bmojo.data.text.corpus import DEFAULT_ROOT, open_corpus
-from bmojo.eval.compare import render_table
+from bmojo.eval.jobs import render_table
 from bmojo.eval.ppl import eval_regions, length_eval, plot_position_loss
 from bmojo.memory import clear, store_files
 from bmojo.data.text.tokenizer import describe_tokenizer, same_tokens

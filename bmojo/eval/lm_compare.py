@@ -17,7 +17,7 @@ import torch
 from bmojo.cli.common import model_overrides
 from bmojo.config import ConfigError
 from bmojo.data.text.corpus import TokenCorpus
-from bmojo.eval.compare import claim_results_folder, render_table, run_jobs
+from bmojo.eval.jobs import claim_results_folder, render_table, run_jobs
 from bmojo.eval.ppl import binned, eval_regions, length_eval, plot_position_loss
 from bmojo.models import PRESETS as ALL_PRESETS
 from bmojo.train.config import TrainConfig

@@ -23,10 +23,10 @@ from typing import Callable
 
 import torch
 
-from bmojo.ops import scan_cpu
+from bmojo.ops import scan_cpp
 from bmojo.ops.attention import window_attention, window_attention_fused, window_attention_ref
 from bmojo.ops.conv import causal_conv1d, causal_conv1d_fused, causal_conv1d_ref
-from bmojo.ops.scan import selective_scan, selective_scan_ref
+from bmojo.ops.scan import selective_scan, selective_scan_fused, selective_scan_ref
 from bmojo.ops.ssd import ssd_chunked, ssd_ref
 
 log = logging.getLogger("bmojo")
@@ -73,10 +73,10 @@ def _fused(device: str, dtype: torch.dtype) -> Backend | str:
     if device == "cpu":
         if dtype != torch.float32:
             return f"the C++ scans compute float32 only, the model is {str(dtype).removeprefix('torch.')}"
-        if not scan_cpu.available():
-            return f"the C++ scans are unavailable ({scan_cpu.error()})"
-        return Backend("fused", device, dtype, _strict_cpu_float32(scan_cpu.selective_scan_fused, "the C++ scan"),
-                       _strict_cpu_float32(scan_cpu.ssd_fused, "the C++ SSD"), causal_conv1d, window_attention,
+        if not scan_cpp.available():
+            return f"the C++ scans are unavailable ({scan_cpp.error()})"
+        return Backend("fused", device, dtype, _strict_cpu_float32(scan_cpp.selective_scan_cpp, "the C++ scan"),
+                       _strict_cpu_float32(scan_cpp.ssd_cpp, "the C++ SSD"), causal_conv1d, window_attention,
                        (("scan", "C++ (bmojo::scan)"), ("ssd", "C++ (bmojo::scan, scalar decay)"),
                         ("conv", "PyTorch F.conv1d"), ("window_attention", "chunked SDPA")))
     if device == "cuda":
@@ -85,7 +85,7 @@ def _fused(device: str, dtype: torch.dtype) -> Backend | str:
         scan = "mamba_ssm from an empty state, else chunked PyTorch" if cuda.has("mamba_ssm") else "chunked PyTorch"
         conv = "causal-conv1d from an empty state, else F.conv1d" if cuda.has("causal_conv1d") else "F.conv1d"
         attn = "flex_attention from position 0, else chunked SDPA" if flex.available() else "chunked SDPA"
-        return Backend("fused", device, dtype, scan_cpu.selective_scan_fused, ssd_chunked, causal_conv1d_fused,
+        return Backend("fused", device, dtype, selective_scan_fused, ssd_chunked, causal_conv1d_fused,
                        window_attention_fused, (("scan", scan), ("ssd", "chunked PyTorch"), ("conv", conv),
                                                 ("window_attention", attn)))
     return f"no compiled kernels for device {device!r}"

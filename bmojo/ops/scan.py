@@ -116,3 +116,14 @@ def selective_scan(x, dt, A, B, C, D=None, initial_state=None, output_final_stat
     if D is not None:
         y = y + x * D
     return y, (h if output_final_state else None)
+
+
+def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False):
+    """impl=fused on CUDA: mamba_ssm's kernel when it is installed and the call starts from an empty state (it
+    cannot start from another), the fast path otherwise; the backend's log names both (bmojo.ops.backend)."""
+    if x.is_cuda and initial_state is None and x.shape[1] > 0:
+        from bmojo.ops import cuda
+
+        if cuda.has("mamba_ssm"):
+            return cuda.selective_scan_cuda(x, dt, A, B, C, D, None, output_final_state)
+    return selective_scan(x, dt, A, B, C, D, initial_state, output_final_state)

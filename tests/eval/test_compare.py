@@ -69,7 +69,7 @@ def test_compare_bad_options(argv, match, tmp_path, capsys):
 
 
 def test_default_spec_trains_bmojo_with_the_learned_selection():
-    """The main job: bmojo runs with BMOJO_RECALL (its pool = the task's seq_len), the other presets as defined,
+    """The main job: bmojo runs the preset bmojo-recall (its pool = the task's seq_len), the other presets as defined,
     lengths 1x/4x/16x; a --model-opt beats the recipe; --paper-bmojo trains the preset as the paper defines it."""
     import argparse
 
@@ -82,19 +82,22 @@ def test_default_spec_trains_bmojo_with_the_learned_selection():
     s = spec()
     runs = {r.label: r for r in s.runs}
     assert list(runs) == cmp.ALL and s.length_factors == (4, 16)
-    assert runs["bmojo"].model == {**cmp.BMOJO_RECALL, "train_memory_size": 64}
-    assert all(not runs[p].model for p in cmp.ALL if p != "bmojo")
+    assert (runs["bmojo"].preset, runs["bmojo"].model) == ("bmojo-recall", {"train_memory_size": 64})
+    recall = preset("bmojo-recall")
+    assert recall.selection_gate and recall.gate_read == "logit" and not recall.ssm_residual
+    assert all(not runs[p].model and runs[p].preset == p for p in cmp.ALL if p != "bmojo")
     assert spec("--seq-len", "128").runs[-1].model["train_memory_size"] == 128
     assert spec("--model-opt", "gate_penalty=0").runs[-1].model["gate_penalty"] == 0
-    assert spec("--paper-bmojo").runs[-1].model == {"pattern": "B", "ssm_residual": False}  # bmojo-paper
-    assert not preset("bmojo", **spec("--paper-bmojo").runs[-1].model).ssm_residual
+    paper = spec("--paper-bmojo").runs[-1]
+    assert (paper.preset, paper.model) == ("bmojo-paper", {})
+    assert not preset(paper.preset, **paper.model).ssm_residual
     front = [r.label for r in spec("--frontier").runs]
     assert {"bmojo[M=4]", "swa[W=32]", "mamba[N=64]"} <= set(front)
 
 
 def test_running_runs_show_their_progress(tmp_path):
     """What `bmojo compare` prints while its runs train: a line per started, unfinished run."""
-    from bmojo.eval.compare import running_lines
+    from bmojo.eval.jobs import running_lines
 
     a, b, c = tmp_path / "bmojo-lr0.006", tmp_path / "swa-lr0.006", tmp_path / "mamba-lr0.006"
     for f in (a, b, c):

@@ -7,12 +7,12 @@ import torch
 
 from bmojo.models import BMojoLM
 from bmojo.ops import backend as bk
-from bmojo.ops import scan_cpu
+from bmojo.ops import scan_cpp
 from bmojo.ops.scan import selective_scan, selective_scan_ref
 from bmojo.ops.attention import window_attention_ref
 from tests.helpers import tiny
 
-needs_cpp = pytest.mark.skipif(not scan_cpu.available(), reason="no C++ compiler: no fused CPU kernels")
+needs_cpp = pytest.mark.skipif(not scan_cpp.available(), reason="no C++ compiler: no fused CPU kernels")
 
 
 def test_ref_and_fast_name_their_kernels():

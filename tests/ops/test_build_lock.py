@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from bmojo.ops import scan_cpu
+from bmojo.ops import scan_cpp
 from bmojo.utils.build import build_folder
 
-pytestmark = pytest.mark.skipif(not scan_cpu.available(), reason="no C++ compiler: no fused CPU kernels")
-LOAD = "import logging; logging.basicConfig(); from bmojo.ops import scan_cpu; assert scan_cpu.available()"
+pytestmark = pytest.mark.skipif(not scan_cpp.available(), reason="no C++ compiler: no fused CPU kernels")
+LOAD = "import logging; logging.basicConfig(); from bmojo.ops import scan_cpp; assert scan_cpp.available()"
 
 
 def _folder():
-    return build_folder("bmojo_selective_scan", scan_cpu.SOURCE, scan_cpu.FLAGS)
+    return build_folder("bmojo_selective_scan", scan_cpp.SOURCE, scan_cpp.FLAGS)
 
 
 def _python(code, **kw):
@@ -46,9 +46,9 @@ def test_a_process_that_waits_says_what_it_waits_on(tmp_path):
 
 
 def test_the_build_folder_depends_on_the_source_not_the_checkout(tmp_path):
-    copy = tmp_path / "elsewhere" / scan_cpu.SOURCE.name
+    copy = tmp_path / "elsewhere" / scan_cpp.SOURCE.name
     copy.parent.mkdir()
-    copy.write_bytes(scan_cpu.SOURCE.read_bytes())
-    assert build_folder("bmojo_selective_scan", copy, scan_cpu.FLAGS) == _folder()
-    copy.write_bytes(scan_cpu.SOURCE.read_bytes() + b"\n// changed\n")
-    assert build_folder("bmojo_selective_scan", copy, scan_cpu.FLAGS) != _folder()
+    copy.write_bytes(scan_cpp.SOURCE.read_bytes())
+    assert build_folder("bmojo_selective_scan", copy, scan_cpp.FLAGS) == _folder()
+    copy.write_bytes(scan_cpp.SOURCE.read_bytes() + b"\n// changed\n")
+    assert build_folder("bmojo_selective_scan", copy, scan_cpp.FLAGS) != _folder()

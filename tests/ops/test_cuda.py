@@ -9,7 +9,7 @@ import torch
 from bmojo import BMojoLM
 from bmojo.ops.conv import causal_conv1d_fused, causal_conv1d_ref
 from bmojo.ops.scan import selective_scan_ref
-from bmojo.ops.scan_cpu import selective_scan_fused
+from bmojo.ops.scan import selective_scan_fused
 from tests.helpers import assert_close, seeded, tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

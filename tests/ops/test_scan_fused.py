@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from bmojo.ops import scan_cpu
+from bmojo.ops import scan_cpp
 from bmojo.ops.scan import selective_scan_ref
 from tests.helpers import seeded
 from bmojo.ops.ssd import ssd_ref
@@ -26,7 +26,7 @@ def _inputs(Bsz, T, E, N, dtype=torch.float32, seed=1):
 
 
 def test_extension_builds():
-    assert scan_cpu.available(), scan_cpu.error()
+    assert scan_cpp.available(), scan_cpp.error()
 
 
 @pytest.mark.parametrize("Bsz,T,E,N,chunk", [
@@ -34,13 +34,13 @@ def test_extension_builds():
     pytest.param(3, 130, 33, 16, 64, id="B3-T130-E33-K64"), pytest.param(2, 64, 16, 16, 16, id="B2-T64-E16-K16")])
 def test_fused_matches_reference(Bsz, T, E, N, chunk):
     inputs = _inputs(Bsz, T, E, N)
-    _compare(_run(scan_cpu.selective_scan_fused, inputs, {"chunk": chunk}),
+    _compare(_run(scan_cpp.selective_scan_cpp, inputs, {"chunk": chunk}),
              _run(selective_scan_ref, inputs, {}), NAMES)
 
 
 def test_fused_without_state_and_final_state():
     x, dt, A, B, C, D, _ = _inputs(2, 21, 18, 4)
-    y1, h1 = scan_cpu.selective_scan_fused(x, dt, A, B, C, D, chunk=8)
+    y1, h1 = scan_cpp.selective_scan_cpp(x, dt, A, B, C, D, chunk=8)
     y2, _ = selective_scan_ref(x, dt, A, B, C, D)
     g1 = torch.autograd.grad(y1.sum(), (x, dt, A, B, C))
     g2 = torch.autograd.grad(y2.sum(), (x, dt, A, B, C))
@@ -51,13 +51,25 @@ def test_fused_without_state_and_final_state():
 def test_fused_saves_chunk_states_only():
     Bsz, T, E, N = 1, 128, 16, 8
     x, dt, A, B, C, _, _ = _inputs(Bsz, T, E, N)
-    saved = _saved_numel(scan_cpu.selective_scan_fused, x, dt, A, B, C, chunk=32)
+    saved = _saved_numel(scan_cpp.selective_scan_cpp, x, dt, A, B, C, chunk=32)
     assert saved < 2 * Bsz * T * E + 2 * Bsz * T * N + E * N + Bsz * (T // 32) * E * N + 1, saved
 
 
-def test_float64_falls_back_exactly():
+def test_other_dtypes_are_an_error_not_a_silent_fallback():
+    """The C++ kernels compute float32 CPU tensors; anything else names itself (the backend chooses another kernel
+    for such a model before any call: tests/ops/test_backend.py)."""
     inputs = _inputs(2, 19, 5, 3, dtype=torch.float64)
-    _compare(_run(scan_cpu.selective_scan_fused, inputs, {}), _run(selective_scan_ref, inputs, {}), NAMES)
+    with pytest.raises(ValueError, match="selective_scan_cpp.*float32.*torch.float64"):
+        scan_cpp.selective_scan_cpp(*inputs)
+    x, dt, A, B, C = ssd_inputs(1, 4, 2, 4, 1, 4, seed=0)[:5]
+    with pytest.raises(ValueError, match="ssd_cpp.*torch.float64"):
+        scan_cpp.ssd_cpp(x, dt.double(), A, B, C)
+
+
+def test_an_empty_sequence_runs_the_pytorch_path():
+    x, dt, A, B, C, D, h0 = _inputs(2, 0, 5, 3)
+    y, h = scan_cpp.selective_scan_cpp(x, dt, A, B, C, D, h0, output_final_state=True)
+    assert y.shape == (2, 0, 5) and torch.equal(h, h0)
 
 
 @pytest.mark.parametrize("Bsz,T,H,P,G,N", [pytest.param(1, 1, 2, 4, 1, 4, id="T1"),
@@ -65,14 +77,14 @@ def test_float64_falls_back_exactly():
                                            pytest.param(2, 70, 3, 16, 1, 16, id="T70-H3")])
 def test_ssd_fused_matches_reference(Bsz, T, H, P, G, N):
     inputs = ssd_inputs(Bsz, T, H, P, G, N, seed=3)
-    _compare(_run(scan_cpu.ssd_fused, inputs, {}), _run(ssd_ref, inputs, {}), NAMES)
+    _compare(_run(scan_cpp.ssd_cpp, inputs, {}), _run(ssd_ref, inputs, {}), NAMES)
 
 
 @pytest.mark.parametrize("scalar_decay,P", [(False, 1), (True, 4)])
 def test_custom_ops_pass_torch_opcheck(scalar_decay, P):
     """bmojo::scan_fwd / scan_bwd are registered custom ops (torch.compile traces through them): their
     schema, fake (meta) kernels and autograd registration agree with the real kernels."""
-    assert scan_cpu.available()
+    assert scan_cpp.available()
     g = seeded(7)
     Bsz, T, E, N = 2, 19, 8, 4
     x, B, C = torch.randn(Bsz, T, E, generator=g), torch.randn(Bsz, T, N, generator=g), torch.randn(Bsz, T, N, generator=g)
@@ -80,4 +92,4 @@ def test_custom_ops_pass_torch_opcheck(scalar_decay, P):
     A = -torch.rand(E, N, generator=g) - 0.3
     h0 = torch.randn(Bsz, E, N, generator=g)
     args = [t.requires_grad_() for t in (x, dt, A, B, C, h0)]
-    torch.library.opcheck(scan_cpu._scan_fwd, (*args, 8, scalar_decay, P))
+    torch.library.opcheck(scan_cpp._scan_fwd, (*args, 8, scalar_decay, P))

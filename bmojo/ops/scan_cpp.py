@@ -1,10 +1,12 @@
-"""The fused CPU selective scan (Mamba-1): a C++ extension compiled on first use (`csrc/selective_scan.cpp`).
+"""The fused CPU scans (Mamba-1, and Mamba-2 through it): a C++ extension compiled on first use
+(`csrc/selective_scan.cpp`).
 
-`selective_scan_fused` has the reference's signature.  It runs the C++ kernels for float32 CPU tensors: the
+`selective_scan_cpp` and `ssd_cpp` have the references' signatures and compute float32 CPU tensors only: the
 forward walks T once per (row, channel block) and keeps the state every `chunk` steps; the backward recomputes
-each chunk's states from there (never B x T x E x N).  `available()` compiles the extension (about a minute,
-once per machine and source version: bmojo.utils.build) and says whether that worked; if it did not, callers use the PyTorch fast
-path in `bmojo.ops.scan`.
+each chunk's states from there (never B x T x E x N).  Any other tensor is an error, not a silent change of
+kernel; an empty sequence (T = 0), which the kernels have no work for, runs the PyTorch path.  `available()`
+compiles the extension (about a minute, once per machine and source version: bmojo.utils.build) and says whether
+that worked; `bmojo.ops.backend` chooses these kernels only when it did.
 """
 from __future__ import annotations
 
@@ -45,9 +47,14 @@ def error() -> str | None:
     return _error
 
 
-def _runs_here(*tensors) -> bool:
-    """Whether the C++ kernels take these tensors: float32 on the CPU, and the extension built."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
+def _check(name: str, *tensors) -> None:
+    """The C++ kernels take float32 CPU tensors, and only once the extension is built."""
+    bad = [t for t in tensors if t.device.type != "cpu" or t.dtype != torch.float32]
+    if bad:
+        raise ValueError(f"{name}: the C++ kernel computes float32 CPU tensors, got {bad[0].dtype} on "
+                         f"{bad[0].device}")
+    if not available():
+        raise RuntimeError(f"{name}: the C++ extension is unavailable ({error()})")
 
 
 # The kernels as torch custom ops, so that torch.compile traces through them (no graph break) and autograd
@@ -103,16 +110,11 @@ def _scan(x, dt, A, B, C, h0, chunk, scalar_decay=False, P=1):
     return y, h_last
 
 
-def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
-    """The reference's signature; the best compiled kernel for the tensors: mamba_ssm's on CUDA (when installed
-    and no initial state is given), the C++ kernels for float32 CPU tensors, the PyTorch fast path otherwise."""
+def selective_scan_cpp(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
+    """The reference's signature (bmojo.ops.scan.selective_scan_ref), on the C++ kernels."""
     Bsz, T, E = x.shape
-    if x.is_cuda and initial_state is None and T > 0:
-        from bmojo.ops import cuda
-
-        if cuda.has("mamba_ssm"):
-            return cuda.selective_scan_cuda(x, dt, A, B, C, D, None, output_final_state)
-    if not _runs_here(x, dt, A, B, C) or T == 0:
+    _check("selective_scan_cpp", x, dt, A, B, C)
+    if T == 0:
         from bmojo.ops.scan import selective_scan
 
         return selective_scan(x, dt, A, B, C, D, initial_state, output_final_state)
@@ -124,13 +126,14 @@ def selective_scan_fused(x, dt, A, B, C, D=None, initial_state=None, output_fina
     return y, (h if output_final_state else None)
 
 
-def ssd_fused(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
+def ssd_cpp(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, chunk=64):
     """Mamba-2 (SSD) through the fused scan: a head's scalar decay is the mamba1 decay of each of its P channels
     (A_h repeated over channels and states), and each head group runs as one scan over its channels.
     `ssd_ref`'s signature and shapes: x (B, T, H, P); dt (B, T, H); A (H,); B, C (B, T, G, N); D (H,)."""
     Bsz, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    if not _runs_here(x, dt, A, B, C) or T == 0:
+    _check("ssd_cpp", x, dt, A, B, C)
+    if T == 0:
         from bmojo.ops.ssd import ssd_chunked
 
         return ssd_chunked(x, dt, A, B, C, D, initial_state, output_final_state)
