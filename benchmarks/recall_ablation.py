@@ -5,7 +5,11 @@
 
 Setting: V=256, T=64, 8 pairs at the start, queries from position 32 (all beyond the window W=8), 2 layers,
 ~150k parameters (size_to_params), chunk 8, M=16, batch 64, warmup 50, eval on 512 held-out sequences every
-100 steps, one torch thread.  `memory_pair_share`: per layer, the share of the final memory that holds pair tokens
+100 steps, one torch thread.  `memory_pair_recall`: per layer, the share of the 2P pair tokens the final memory
+holds (any M); `memory_value_share`: the share of its entries that are value-range tokens.  `gate_stats`: per gated layer, the mean gate logit of pair values, pair keys, filler (and filler
+beyond position 64), the filler's 99th percentile, and per sequence how many filler tokens outrank the median and
+the weakest pair value (the length at which they outnumber M's spare slots is where selection fails).
+`memory_pair_share`: per layer, the share of the final memory that holds pair tokens
 (1 = the 2P = M pairs exactly; the selection's precision whatever the accuracy).  `--lengths` also evaluates at
 those multiples of T (pairs at the start, queries from 32k on) and records the decode-state bytes there.  Writes
 DIR/LABEL.json (default benchmarks/results/recall_ablation) and appends the same row to DIR/rows.jsonl.  Rows of
@@ -28,7 +32,7 @@ import torch
 
 from bmojo import BMojoLM, size_to_params
 from bmojo.data.synthetic import FILLERS, batch_stream, make_task
-from bmojo.train import TrainConfig, evaluate, train
+from bmojo.train import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 from bmojo.utils.runtime import machine, tune_cpu_allocator
 
 TASK = dict(vocab_size=256, seq_len=64, num_kv_pairs=8, query_start=32)
@@ -59,30 +63,46 @@ def main(argv=None) -> int:
     p.add_argument("--params", type=int, default=150_000, help="parameter target (default 150000)")
     p.add_argument("--filler", default="random", choices=FILLERS, help="mqar filler (default random)")
     p.add_argument("--lengths", default="", help="also evaluate at these multiples of T, e.g. 4,16")
+    p.add_argument("--eval-memory-sizes", default="", help="also evaluate at every length with these eidetic "
+                   "capacities M (the same weights), e.g. 32,64: does a larger memory at evaluation recover selection?")
     p.add_argument("--out", default="benchmarks/results/recall_ablation", help="results folder")
+    p.add_argument("--load", default="", help="skip training: run the diagnostics on a model saved with --save")
+    p.add_argument("--save", default="", help="also save the trained model here (safetensors + config.json)")
     a = p.parse_args(argv)
     tune_cpu_allocator()
     torch.set_num_threads(1)
     over = json.loads(a.over)
     factors = [int(k) for k in a.lengths.split(",") if k]
+    eval_sizes = [int(k) for k in a.eval_memory_sizes.split(",") if k]
     task = {**TASK, "filler": a.filler}
     _, gen = make_task("mqar", **task)
     evals = _evals(task, 512, 999 + 1000 * a.seed, 256)
-    cfg = size_to_params(a.preset, a.params, **{**MODEL, "max_seq_len": 64 * max(factors, default=1), **over})
-    torch.manual_seed(a.seed)
-    m = BMojoLM(cfg)
+    cfg = None if a.load else size_to_params(a.preset, a.params, **{**MODEL, "max_seq_len": 64 * max(factors, default=1), **over})
     t = time.perf_counter()
-    res = train(m, TrainConfig(steps=a.steps, batch_size=64, lr=a.lr, warmup=50, eval_every=100, progress=False,
-                               target_acc=0.995, seed=a.seed), batch_stream(gen, 64, a.seed), eval_batches=evals)
+    if a.load:  # the diagnostics of a model saved by --save (PRESET, STEPS, LR and the overrides are not used)
+        m, meta = load_checkpoint(a.load)
+        cfg, steps, curve = m.cfg, meta["steps"], []
+        acc = evaluate(m, evals)["acc"]
+    else:
+        torch.manual_seed(a.seed)
+        m = BMojoLM(cfg)
+        res = train(m, TrainConfig(steps=a.steps, batch_size=64, lr=a.lr, warmup=50, eval_every=100, progress=False,
+                                   target_acc=0.995, seed=a.seed), batch_stream(gen, 64, a.seed), eval_batches=evals)
+        steps, acc = res.steps, res.eval["acc"]
+        curve = [round(h["eval_acc"], 3) for h in res.history if "eval_acc" in h]
     out = dict(label=a.label, preset=a.preset, over=over, seed=a.seed, filler=a.filler, d=cfg.d_model,
-               params=m.num_params(), state=m.state_bytes(64), steps=res.steps, sec=time.perf_counter() - t,
-               acc=res.eval["acc"], curve=[round(h["eval_acc"], 3) for h in res.history if "eval_acc" in h])
+               params=m.num_params(), state=m.state_bytes(64), steps=steps, sec=time.perf_counter() - t,
+               acc=acc, curve=curve, **({"loaded": a.load} if a.load else {}))
+    if a.save:
+        save_checkpoint(a.save, m, {"label": a.label, "task": task, "seed": a.seed, "steps": steps})
     mixers = [b.mixer for b in m.layers if getattr(b.mixer, "memory_size", 0) > 0]
 
     def every_token(T, batches):  # diagnostic: the same weights reading every past token: is selection the brake?
+        return with_memory(T, batches)
+    def with_memory(size, batches):  # diagnostic: the same weights with another eidetic capacity at evaluation
         sizes = [x.memory_size for x in mixers]
         for x in mixers:
-            x.memory_size = T
+            x.memory_size = size
         acc = evaluate(m, batches)["acc"]
         for x, n in zip(mixers, sizes):
             x.memory_size = n
@@ -104,10 +124,54 @@ def main(argv=None) -> int:
             pos = torch.stack([s.mem.pos for s in st.layers if getattr(s, "mem", None) is not None])  # (L, B, M)
             shares.append(((pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])).float().mean((1, 2)))
         return [round(v, 4) for v in torch.stack(shares).mean(0).tolist()]
+    @torch.no_grad()
+    def pair_recall(batches):  # diagnostic, per layer's final memory: the share of the 2P pair tokens it holds (any
+        m.eval()               # M), and the share of its entries that are value-range tokens (pairs' or filler's)
+        kept, values = [], []
+        for x, _ in batches:
+            st = m(x, return_state=True).state
+            pos = torch.stack([s.mem.pos for s in st.layers if getattr(s, "mem", None) is not None])  # (L, B, M)
+            kept.append(((pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])).float().sum(-1).mean(-1))
+            tok = x[None].expand(pos.shape[0], -1, -1).gather(2, pos.clamp(min=0))  # (L, B, M)
+            values.append(((tok >= TASK["vocab_size"] // 2) & (pos >= 0)).float().mean((1, 2)))
+        P2 = 2 * TASK["num_kv_pairs"]
+        return ([round(v / P2, 4) for v in torch.stack(kept).mean(0).tolist()],
+                [round(v, 4) for v in torch.stack(values).mean(0).tolist()])
+    @torch.no_grad()
+    def gate_stats(batches):  # diagnostic: where the learned gate puts pair tokens among the filler, per layer
+        gated = [x for x in mixers if x.gate is not None]
+        if not gated:
+            return None
+        logits = []
+        hooks = [x.gate.register_forward_hook(lambda mod, inp, out: logits.append(out[..., 0])) for x in gated]
+        m.eval()
+        rows = [[] for _ in gated]
+        P = TASK["num_kv_pairs"]
+        for x, y in batches:
+            logits.clear()
+            m(x)
+            for r, g in zip(rows, logits):  # g (B, T)
+                filler = torch.ones_like(g, dtype=torch.bool)
+                filler[:, :2 * P] = False
+                filler &= y == -100  # queries are not filler
+                vals, keys = g[:, 1:2 * P:2], g[:, 0:2 * P:2]
+                above = ((g[:, :, None] > vals[:, None, :]) & filler[..., None]).sum(1).float()  # (B, P)
+                late = filler.clone()
+                late[:, :64] = False
+                r.append(dict(value=vals.mean().item(), key=keys.mean().item(),
+                              filler=g[filler].mean().item(), filler_p99=g[filler].quantile(0.99).item(),
+                              filler_late=g[late].mean().item() if late.any() else float("nan"),
+                              filler_above_median_value=above.median(-1).values.mean().item(),
+                              filler_above_weakest_value=above.max(-1).values.mean().item()))
+        for h in hooks:
+            h.remove()
+        return [{k: round(sum(d[k] for d in r) / len(r), 3) for k in r[0]} for r in rows]
     if mixers:
         out["acc_memory_all"] = every_token(64, evals)
         out["acc_oldest_kept"] = oldest_kept(evals)
         out["memory_pair_share"] = pair_share(evals)
+        out["memory_pair_recall"], out["memory_value_share"] = pair_recall(evals)
+        out["gate_stats"] = gate_stats(evals)
     for k in factors:  # the pairs stay at the start; queries from 32k on, so every one is far beyond the window
         opts = {**task, "seq_len": 64 * k, "query_start": 32 * k}
         batches = _evals(opts, 256, 4242 + k, 32)
@@ -117,6 +181,10 @@ def main(argv=None) -> int:
             out[f"acc_x{k}_memory_all"] = every_token(64 * k, batches)
             out[f"acc_x{k}_oldest_kept"] = oldest_kept(batches)
             out[f"memory_pair_share_x{k}"] = pair_share(batches)
+            out[f"memory_pair_recall_x{k}"], out[f"memory_value_share_x{k}"] = pair_recall(batches)
+            out[f"gate_stats_x{k}"] = gate_stats(batches)
+            for size in eval_sizes:
+                out[f"acc_x{k}_M{size}"] = with_memory(size, batches)
     out["machine"] = machine()
     print(json.dumps(out), flush=True)
     dest = Path(a.out)

@@ -18,6 +18,7 @@ LAYER_KINDS = {
 }
 SSM_KINDS = ("mamba1", "mamba2")
 GATE_READS = ("value", "logit")
+GATE_INPUTS = ("x", "conv")
 MEMORY_ROPES = ("own", "edge")
 IMPLS = ("ref", "fast", "fused", "auto")
 
@@ -91,6 +92,9 @@ class ModelConfig:
     gate_read: str = _f("value", f"how the selection gate reaches the task loss, one of {GATE_READS}: value = "
                                  "stored values are scaled by sigmoid(g); logit = log sigmoid(g) is added to the "
                                  "entry's attention logit (values unscaled)")
+    gate_input: str = _f("x", f"what the selection gate reads, one of {GATE_INPUTS}: x = the layer's input token; "
+                              "conv = the attention input (attn_conv's short causal conv of x: the token and the "
+                              "attn_conv_size - 1 before it, so a token is judged in its local context)")
     train_memory_anneal: float = _f(0.0, "fraction of training over which the training pool shrinks linearly "
                                          "from train_memory_size to memory_size (0 = it stays at "
                                          "train_memory_size), so training ends on the memory it is evaluated with")
@@ -226,6 +230,8 @@ class ModelConfig:
         need(isinstance(self.gate_penalty, (int, float)) and self.gate_penalty >= 0, "gate_penalty", "must be >= 0")
         need(self.memory_rope in MEMORY_ROPES, "memory_rope", f"allowed: {MEMORY_ROPES}")
         need(self.gate_read in GATE_READS, "gate_read", f"allowed: {GATE_READS}")
+        need(self.gate_input in GATE_INPUTS, "gate_input", f"allowed: {GATE_INPUTS}")
+        need(self.gate_input == "x" or self.attn_conv, "gate_input", "conv needs attn_conv=True")
         need(self.train_memory_size is None or (isinstance(self.train_memory_size, int)
                                                 and self.train_memory_size >= self.memory_size),
              "train_memory_size", f"must be None or an integer >= memory_size={self.memory_size}")

@@ -70,7 +70,8 @@ class BMojoMixer(Attention):
             self.fv_proj = nn.Linear(cfg.d_model, Hk * Dh, bias=False)
         # (built after the SSM: module construction draws random numbers, so this order keeps seeded inits)
         self.scorer = make_scorer(self.selector, cfg.d_model, seed=layer_idx) if self.memory_size > 0 else None
-        self.gate, self.gate_read, self.memory_rope = None, cfg.gate_read, cfg.memory_rope
+        self.gate, self.gate_read, self.gate_input, self.memory_rope = None, cfg.gate_read, cfg.gate_input, \
+            cfg.memory_rope
         self.train_memory_size = (cfg.train_memory_size or self.memory_size) if self.memory_size else 0
         self.gate_penalty, self.anneal, self.progress = cfg.gate_penalty, cfg.train_memory_anneal, 0.0
         if self.memory_size > 0 and cfg.selection_gate:
@@ -137,7 +138,8 @@ class BMojoMixer(Attention):
         # 3. fading tokens fk, fv = Wk f, Wv f, with their own delay line of 2W
         fks, fvs, f_start = self._fading_stream(f, cos, sin, state, t0)
         # 4. eidetic memory: scores -> the memory update (bmojo.ops.eidetic) -> each query block's entries
-        mem = self._eidetic(x, f, vs, ks, state, t0, k_start, return_state) if self.memory_size > 0 else None
+        mem = self._eidetic(x, a if self.gate_input == "conv" else x, f, vs, ks, state, t0, k_start, return_state) \
+            if self.memory_size > 0 else None
         # 5. the long-term store's top-k for each query, as one more key segment
         extra = self._with_null(self._store_entries(q, state, t0, mem), q) if mem is not None else None
         # 6. one softmax over [store | eidetic | fading | raw window]
@@ -195,13 +197,14 @@ class BMojoMixer(Attention):
         done = min(1.0, self.progress / self.anneal) if self.anneal > 0 else 0.0
         return round(self.train_memory_size - done * (self.train_memory_size - self.memory_size))
 
-    def _eidetic(self, x, f, vs, ks, state, t0, k_start, return_state) -> "EideticCall":
-        """Scores (plus the gate), the memory update over the key/value table, and what attention reads."""
+    def _eidetic(self, x, g_in, f, vs, ks, state, t0, k_start, return_state) -> "EideticCall":
+        """Scores (plus the gate, which reads g_in), the memory update over the key/value table, and what attention
+        reads."""
         B, M = x.shape[0], self._capacity(state, return_state)
         f_prev0 = state.mem.f_prev if (state is not None and self.uses_f_prev) else x.new_zeros(B, self.d_model)
         scores, aux, scorer_state = self._scores(x, f, f_prev0, t0, state)
         innovation = scores
-        gate = self.gate(x)[..., 0] if self.gate is not None else None  # (B, T), trained through what is read
+        gate = self.gate(g_in)[..., 0] if self.gate is not None else None  # (B, T), trained through what is read
         if gate is not None:
             scores = scores + gate.detach()
             if self.training and self.gate_penalty > 0 and gate.numel():  # only what the task pulls up stays high
@@ -361,7 +364,7 @@ class BMojoMixer(Attention):
             n = i % C
             score = self._score_step(x_t, f_t, state)
             if self.gate is not None:
-                g = self.gate(x_t)[:, 0]
+                g = self.gate(a_t if self.gate_input == "conv" else x_t)[:, 0]
                 ring_write(state.mem.pend_gate, n, g)
                 score = score + g
             if n == C - 1:

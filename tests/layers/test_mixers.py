@@ -28,6 +28,8 @@ MIXERS = {  # name -> (preset, layer index, config overrides)
                                             "n_kv_heads": 1}),
     "bmojo-memory-rope-edge": ("bmojo", 0, {"memory_rope": "edge", "selection_gate": True, "gate_read": "logit",
                                            "chunk": 2}),
+    "bmojo-gate-conv-edge": ("bmojo", 0, {"selection_gate": True, "gate_read": "logit", "gate_input": "conv",
+                                         "memory_rope": "edge"}),
     "bmojo-fading-gate-untied": ("bmojo", 0, {"fading_gate": -1.5, "tie_fading": False, "selection_gate": True,
                                              "gate_read": "logit"}),
 }

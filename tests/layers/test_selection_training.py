@@ -5,7 +5,7 @@ import torch
 
 from bmojo.config import ConfigError
 from bmojo.layers.bmojo import BMojoMixer
-from tests.helpers import W, assert_close, seeded, tiny
+from tests.helpers import W, assert_close, randomise_extras, seeded, tiny
 
 T = 4 * W + 5
 
@@ -92,6 +92,8 @@ def test_fading_gate_is_learned_and_switches_the_segment():
                                       (dict(train_memory_size=64, memory_rule="fifo", fifo_per_chunk=2),
                                        "train_memory_size"),
                                       (dict(gate_read="soft"), "gate_read"),
+                                      (dict(gate_input="h"), "gate_input"),
+                                      (dict(gate_input="conv", attn_conv=False), "gate_input"),
                                       (dict(fading_gate=float("nan")), "fading_gate")])
 def test_bad_selection_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
@@ -176,3 +178,21 @@ def test_memory_rope_edge_reads_each_block_at_its_window_edge():
         for i in range(17, 21):
             m.step(x[:, i], state)
             assert seen.pop() == [i - i % C - W]
+
+
+@pytest.mark.parametrize("gate_input,sees_context", [("x", False), ("conv", True)])
+def test_the_gate_reads_its_token_alone_or_in_its_local_context(gate_input, sees_context):
+    """gate_input=conv: a token's gate moves when the token before it changes (attn_conv's window); x: it does not."""
+    m = randomise_extras(BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none",
+                                         gate_input=gate_input), 0)).eval()
+    gates = []
+    m.gate.register_forward_hook(lambda mod, inp, out: gates.append(out[..., 0]))
+    x = torch.randn(1, 12, m.d_model, generator=seeded(3))
+    x2 = x.clone()
+    x2[:, 6] += 1.0
+    with torch.no_grad():
+        m(x, return_state=False)
+        m(x2, return_state=False)
+    before, after = gates
+    assert torch.equal(before[:, :6], after[:, :6])  # causal either way
+    assert (before[:, 7] - after[:, 7]).abs().item() > 1e-4 if sees_context else torch.equal(before[:, 7:], after[:, 7:])
