@@ -230,7 +230,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    factors = sorted(int(k[5:]) for k in rows[0] if k.startswith("acc_x")) if rows else []
+    factors = sorted(int(k[5:]) for k in rows[0] if k.startswith("acc_x") and k[5:].isdigit()) if rows else []
     fig, axes = plt.subplots(1, 2 if factors else 1, figsize=(12 if factors else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
     for r in rows:  # one point per evaluated length (1x, then each factor), joined by a line

@@ -20,16 +20,20 @@ PRESETS: dict[str, dict] = {
     # keys and values at lags >= W
     "bmojo-paper": dict(pattern="B", ssm_residual=False),
     "bmojo-f-paper": dict(pattern="F", ssm_residual=False),
-    # B'MOJO with the learned selection that recall needs (benchmarks/results/selection_ablation), the main job's
-    # `bmojo`: the gate read as an attention logit and ranking alone (the innovation score cannot tell MQAR's random
-    # filler from its pairs), a sparsity penalty on it, a training pool that shrinks to M over the first half of
+    # B'MOJO with the learned selection that recall needs (benchmarks/results/selection_ablation and
+    # benchmarks/results/recall_length/selection), the main job's `bmojo`: the gate read as an attention logit and
+    # ranking alone (the innovation score cannot tell MQAR's random filler from its pairs); the gate reads the attention
+    # input (`gate_input=conv`: each token in its local context; on the bare token the first layer's gate can rank
+    # token ids only, which tell no pair from filler); the eidetic keys read at the window's edge (`memory_rope=edge`:
+    # distances the model saw in training, at any length); a training pool that shrinks to M over the first half of
     # training (from `train_memory_size`: every token of the main job's 64; `bmojo compare` sets it to the task's
-    # sequence length), the fading segment starting switched off, a
-    # cheaper SSM (expand 1, d_state 8) so that the parameter budget buys width, and no SSM residual (for recall it
-    # gave 0.631 against 0.782 at seed 0, 0.568 against 0.564 at seed 1: docs/language-modelling.md)
+    # sequence length); the fading segment starting switched off; a cheaper SSM (expand 1, d_state 8) so that the
+    # parameter budget buys width; no SSM residual (for recall it gave 0.631 against 0.782 at seed 0, 0.568 against
+    # 0.564 at seed 1: docs/language-modelling.md); no gate penalty (with gate_input=conv the conv's bias lets the
+    # penalty push every gate down at once, switching the memory off before the read learns: docs/recall.md)
     "bmojo-recall": dict(pattern="B", ssm_residual=False, selection_gate=True, gate_read="logit", selector="none",
-                         gate_penalty=0.1, train_memory_size=64, train_memory_anneal=0.5, fading_gate=-4.0, expand=1,
-                         d_state=8),
+                         gate_input="conv", memory_rope="edge", train_memory_size=64, train_memory_anneal=0.5,
+                         fading_gate=-4.0, expand=1, d_state=8),
 }
 
 

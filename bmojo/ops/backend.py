@@ -57,9 +57,9 @@ def _strict_cpu_float32(fn, name: str):
     CPU autocast they compute in float32, as autocast does for the ops it keeps in float32."""
     @functools.wraps(fn)
     def run(x, *args, **kw):
-        if x.device.type == "cpu" and x.dtype != torch.float32 and torch.is_autocast_enabled("cpu"):
-            args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-            x = x.float()
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):  # any input may be bf16 (a linear's output)
+            up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+            x, args, kw = up(x), tuple(map(up, args)), {k: up(v) for k, v in kw.items()}
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise BackendError(f"{name} (impl=fused, chosen for cpu/float32) got {x.dtype} on {x.device}: resolve "
                                "the backend for this device and dtype (BMojoLM does when moved with .to()), or use "

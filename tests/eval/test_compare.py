@@ -85,6 +85,7 @@ def test_default_spec_trains_bmojo_with_the_learned_selection():
     assert (runs["bmojo"].preset, runs["bmojo"].model) == ("bmojo-recall", {"train_memory_size": 64})
     recall = preset("bmojo-recall")
     assert recall.selection_gate and recall.gate_read == "logit" and not recall.ssm_residual
+    assert (recall.gate_input, recall.memory_rope, s.model["memory_size"]) == ("conv", "edge", 32)
     assert all(not runs[p].model and runs[p].preset == p for p in cmp.ALL if p != "bmojo")
     assert spec("--seq-len", "128").runs[-1].model["train_memory_size"] == 128
     assert spec("--model-opt", "gate_penalty=0").runs[-1].model["gate_penalty"] == 0
@@ -141,7 +142,7 @@ def test_ctrl_c_stops_a_comparison_with_one_line_and_exit_130(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "bmojo compare: interrupted"
 
 
-def test_best_rows_take_the_median_over_seeds_and_keep_the_min():
+def test_best_rows_take_the_median_over_seeds_and_keep_the_min(tmp_path):
     from bmojo.eval.compare import best_rows, format_table
 
     def row(label, lr, seed, acc, x4):
@@ -155,5 +156,8 @@ def test_best_rows_take_the_median_over_seeds_and_keep_the_min():
     assert best["acc_seeds"] == [0.2, 0.9, 0.5] and best["acc_x4"] == 0.25 and best["acc_x4_min"] == 0.1
     assert [s["seed"] for s in best["seeds"]] == [0, 1, 2] and best["steps"] == 20
     assert "0.500 (0.200)" in format_table([best], (4,))
+    pytest.importorskip("matplotlib")
+    from bmojo.eval.compare import plot  # the median rows (with acc_x4_min, acc_x4_seeds beside acc_x4) plot
+    assert plot([best], tmp_path / "results.png", "seeds").stat().st_size > 0
     (one,) = best_rows([row("b", 1e-3, 0, 0.4, 0.1)], ["b"], factors=(4,))
     assert one["acc"] == 0.4 and "acc_min" not in one  # one seed: the run's own row
