@@ -29,7 +29,7 @@ run gl_none_T64_fg4_e1s8_s1 bmojo-paper 800 3e-3 "{$G, \"train_memory_size\": 64
 # a sparsity penalty on the gate, and the pool shrinking to M over the first half of training
 run gl_none_T64_nofade_p01_s1 bmojo-paper 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false, \"gate_penalty\": 0.1}" --seed 1; wait
 run gl_none_T64_nofade_p01_an5_s1 bmojo-paper 800 3e-3 "{$G, \"train_memory_size\": 64, \"fading\": false, \"gate_penalty\": 0.1, \"train_memory_anneal\": 0.5}" --seed 1 &
-# the recipe the main job uses (now the preset bmojo-recall in bmojo/models/presets.py), two seeds, at 1x, 4x and 16x
+# the recipe the main job used until 2026-12-07 (the preset bmojo-recall then), two seeds, at 1x, 4x and 16x
 run recipe_s0 bmojo-paper 800 3e-3 "{$RECIPE}" --seed 0 --lengths 4,16; wait
 run recipe_s1 bmojo-paper 800 3e-3 "{$RECIPE}" --seed 1 --lengths 4,16 &
 run recipe_rope05_s0 bmojo-paper 800 3e-3 "{$RECIPE, \"rope_fraction\": 0.5}" --seed 0 --lengths 4,16; wait
