@@ -116,27 +116,20 @@ def main(argv=None) -> int:
             x.scorer = sc
         return acc
     @torch.no_grad()
-    def pair_share(batches):  # diagnostic: the share of each layer's final memory that holds pair tokens (M = 2P)
-        m.eval()
-        shares = []
+    def memory_stats(batches):  # diagnostic, per layer's final memory (one forward per batch): the share of its
+        m.eval()                # entries that are pair tokens (1 = the 2P = M pairs exactly), the share of the 2P
+        shares, kept, values = [], [], []  # pair tokens it holds (any M), the share of value-range entries
         for x, _ in batches:
             st = m(x, return_state=True).state
             pos = torch.stack([s.mem.pos for s in st.layers if getattr(s, "mem", None) is not None])  # (L, B, M)
-            shares.append(((pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])).float().mean((1, 2)))
-        return [round(v, 4) for v in torch.stack(shares).mean(0).tolist()]
-    @torch.no_grad()
-    def pair_recall(batches):  # diagnostic, per layer's final memory: the share of the 2P pair tokens it holds (any
-        m.eval()               # M), and the share of its entries that are value-range tokens (pairs' or filler's)
-        kept, values = [], []
-        for x, _ in batches:
-            st = m(x, return_state=True).state
-            pos = torch.stack([s.mem.pos for s in st.layers if getattr(s, "mem", None) is not None])  # (L, B, M)
-            kept.append(((pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])).float().sum(-1).mean(-1))
+            pair = (pos >= 0) & (pos < 2 * TASK["num_kv_pairs"])
+            shares.append(pair.float().mean((1, 2)))
+            kept.append(pair.float().sum(-1).mean(-1))
             tok = x[None].expand(pos.shape[0], -1, -1).gather(2, pos.clamp(min=0))  # (L, B, M)
             values.append(((tok >= TASK["vocab_size"] // 2) & (pos >= 0)).float().mean((1, 2)))
         P2 = 2 * TASK["num_kv_pairs"]
-        return ([round(v / P2, 4) for v in torch.stack(kept).mean(0).tolist()],
-                [round(v, 4) for v in torch.stack(values).mean(0).tolist()])
+        mean = lambda vs, d=1: [round(v / d, 4) for v in torch.stack(vs).mean(0).tolist()]  # noqa: E731
+        return mean(shares), mean(kept, P2), mean(values)
     @torch.no_grad()
     def gate_stats(batches):  # diagnostic: where the learned gate puts pair tokens among the filler, per layer
         gated = [x for x in mixers if x.gate is not None]
@@ -169,8 +162,7 @@ def main(argv=None) -> int:
     if mixers:
         out["acc_memory_all"] = every_token(64, evals)
         out["acc_oldest_kept"] = oldest_kept(evals)
-        out["memory_pair_share"] = pair_share(evals)
-        out["memory_pair_recall"], out["memory_value_share"] = pair_recall(evals)
+        out["memory_pair_share"], out["memory_pair_recall"], out["memory_value_share"] = memory_stats(evals)
         out["gate_stats"] = gate_stats(evals)
     for k in factors:  # the pairs stay at the start; queries from 32k on, so every one is far beyond the window
         opts = {**task, "seq_len": 64 * k, "query_start": 32 * k}
@@ -180,8 +172,8 @@ def main(argv=None) -> int:
         if mixers:
             out[f"acc_x{k}_memory_all"] = every_token(64 * k, batches)
             out[f"acc_x{k}_oldest_kept"] = oldest_kept(batches)
-            out[f"memory_pair_share_x{k}"] = pair_share(batches)
-            out[f"memory_pair_recall_x{k}"], out[f"memory_value_share_x{k}"] = pair_recall(batches)
+            out[f"memory_pair_share_x{k}"], out[f"memory_pair_recall_x{k}"], out[f"memory_value_share_x{k}"] = \
+                memory_stats(batches)
             out[f"gate_stats_x{k}"] = gate_stats(batches)
             for size in eval_sizes:
                 out[f"acc_x{k}_M{size}"] = with_memory(size, batches)
