@@ -102,18 +102,18 @@ def main(argv=None) -> int:
     def with_memory(size, batches):  # diagnostic: the same weights with another eidetic capacity at evaluation
         sizes = [x.memory_size for x in mixers]
         for x in mixers:
-            x.memory_size = size
+            x.memory_size = x.selection.memory_size = size
         acc = evaluate(m, batches)["acc"]
         for x, n in zip(mixers, sizes):
-            x.memory_size = n
+            x.memory_size = x.selection.memory_size = n
         return acc
     def oldest_kept(batches):  # diagnostic: a perfect selector here (the pairs are the oldest 2P = M tokens)
-        saved = [x.scorer for x in mixers]
+        saved = [x.selection.scorer for x in mixers]
         for x in mixers:
-            x.scorer = _Oldest()
+            x.selection.scorer = _Oldest()
         acc = evaluate(m, batches)["acc"]
         for x, sc in zip(mixers, saved):
-            x.scorer = sc
+            x.selection.scorer = sc
         return acc
     @torch.no_grad()
     def memory_stats(batches):  # diagnostic, per layer's final memory (one forward per batch): the share of its
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         return mean(shares), mean(kept, P2), mean(values)
     @torch.no_grad()
     def gate_stats(batches):  # diagnostic: where the learned gate puts pair tokens among the filler, per layer
-        gated = [x for x in mixers if x.gate is not None]
+        gated = [x.selection for x in mixers if x.selection.gate is not None]
         if not gated:
             return None
         logits = []

@@ -122,13 +122,14 @@ def dense_attention(q, k, v, window, fk=None, fv=None, in_mem=None, mem_v=None, 
 def scores_minimal(mixer, x: torch.Tensor, f_prev: torch.Tensor | None) -> torch.Tensor:
     """The selection score (B, T) of each token of x (B, T, D), from f_prev (B, T, D): the SSM output before it."""
     B, T, D = x.shape
-    if mixer.selector == "innovation":
-        return (x - f_prev @ mixer.scorer.predictor.weight.t()).pow(2).mean(-1)
-    if mixer.selector == "norm":
+    sel = mixer.selection
+    if sel.selector == "innovation":
+        return (x - f_prev @ sel.scorer.predictor.weight.t()).pow(2).mean(-1)
+    if sel.selector == "norm":
         return (x - f_prev).pow(2).mean(-1)
-    if mixer.selector == "none":
+    if sel.selector == "none":
         return torch.zeros(B, T)
-    if mixer.selector == "assoc":  # the delta rule over (previous input, input) pairs, token by token
+    if sel.selector == "assoc":  # the delta rule over (previous input, input) pairs, token by token
         S, errs = torch.zeros(B, D, D, dtype=torch.float64), []
         for t in range(T):
             key = F.normalize(x[:, t - 1].double(), dim=-1) if t else torch.zeros(B, D, dtype=torch.float64)
@@ -138,7 +139,7 @@ def scores_minimal(mixer, x: torch.Tensor, f_prev: torch.Tensor | None) -> torch
             errs.append(err.pow(2).sum(-1) / (x[:, t].double().pow(2).sum(-1) + pred.pow(2).sum(-1)))
         return torch.stack(errs, 1).float()
     from bmojo.layers.scorers.position import position_scores
-    return position_scores(mixer.selector, torch.arange(T), B, seed=mixer.layer_idx)
+    return position_scores(sel.selector, torch.arange(T), B, seed=mixer.layer_idx)
 
 
 def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
@@ -165,10 +166,11 @@ def bmojo_layer_minimal(mixer, x: torch.Tensor) -> torch.Tensor:
         assert getattr(mixer, "memory_rope", "own") == "own", "the oracle covers eidetic keys at their own positions"
         f_prev = torch.cat([torch.zeros_like(x[:, :1]), f[:, :-1]], 1) if f is not None else None
         scores = scores_minimal(mixer, x, f_prev)
-        if getattr(mixer, "gate", None) is not None:  # learned selection gate
-            g = mixer.gate(x)[..., 0]
+        sel = mixer.selection
+        if sel.gate is not None:  # learned selection gate, reading the token or its conv input
+            g = sel.gate(a if sel.gate_input == "conv" else x)[..., 0]
             scores = scores + g
-            if mixer.gate_read == "logit":  # log sigmoid(g) joins the entry's logit
+            if sel.gate_read == "logit":  # log sigmoid(g) joins the entry's logit
                 mem_bias = -F.softplus(-g)
             else:  # stored values scaled by sigmoid(g)
                 mem_v = v * torch.sigmoid(g)[..., None, None]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bmojo.bench.timing import fwd_bwd, op_calls, peak_extra_bytes, scan_inputs, sync, timeit
 from bmojo.models import BMojoLM, size_to_params
 from bmojo.ops import cuda, scan_cpp
-from bmojo.ops.attention import window_attention
+from bmojo.ops.attention import Segments, Stream, window_attention
 from bmojo.ops.scan import selective_scan, selective_scan_fused, selective_scan_ref
 from bmojo.ops.ssd import ssd_chunked
 
@@ -116,7 +116,7 @@ def attention_suite(quick: bool, device="cpu", log=print) -> dict:
     for T in lengths:
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(B, T, H, Dh, generator=g).to(device) for _ in range(3))
-        fns = {"chunked (bmojo)": lambda: window_attention(q, k, v, W, chunk=W),
+        fns = {"chunked (bmojo)": lambda: window_attention(q, Segments(Stream(k, v)), W, chunk=W),
                "SDPA + band mask": _sdpa_band(q, k, v, W)}
         flex = _flex_band(q, k, v, W, log)
         if flex is not None:

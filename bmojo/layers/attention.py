@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from bmojo.config import ModelConfig
 from bmojo.layers.state import LayerState, check_call
-from bmojo.ops.attention import attend, causal_attention
+from bmojo.ops.attention import Segments, Stream, attend, causal_attention
 from bmojo.ops.backend import Backend, backend_of
 from bmojo.ops.conv import causal_conv1d_step
 from bmojo.ops.rope import apply_rope, rope_cos_sin
@@ -160,8 +160,8 @@ class Attention(nn.Module):
             o = causal_attention(q, ks, vs, scale=self.scale)
         else:  # the windowed op with W >= T is exactly full causal attention
             W = self.window if self.window is not None else max(t0 + T, 1)
-            o = self.backend.window_attention(q, ks, vs, W, chunk=self.chunk or W, q_start=t0, k_start=start,
-                                              scale=self.scale)
+            o = self.backend.window_attention(q, Segments(Stream(ks, vs, start)), W, chunk=self.chunk or W,
+                                              q_start=t0, scale=self.scale)
         y = self.o_proj(o.reshape(B, T, D))
         return y, (self._raw_state(ks, vs, start, t0 + T, conv_state, state) if return_state else None)
 

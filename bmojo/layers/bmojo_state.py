@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bmojo.layers.attention import AttentionState
 from bmojo.layers.ssm import SSMState
@@ -49,23 +48,33 @@ def gather_rows(table: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class EideticCall:
-    """One parallel call's eidetic memory: the op's output, the key/value table its `src` indexes, the scores."""
+class EideticTable:
+    """The key/value table a memory update's `src` indexes: [the memory's slots | the candidates], with the gate
+    logits beside it when the memory keeps them (gate_read="logit")."""
 
-    ev: EideticOut
-    table_k: torch.Tensor  # (B, M + stream, Hk, Dh)
-    table_v: torch.Tensor
+    k: torch.Tensor  # (B, n, Hk, Dh)
+    v: torch.Tensor
+    gate: torch.Tensor | None = None  # (B, n)
+
+    def take(self, src: torch.Tensor) -> tuple:
+        """src (B, ...) rows (-1 = empty) -> (keys, values (B, ..., Hk, Dh), gate logits (B, ...) or None)."""
+        return (gather_rows(self.k, src), gather_rows(self.v, src),
+                gather_logits(self.gate, src) if self.gate is not None else None)
+
+
+@dataclass
+class EideticCall:
+    """One parallel call's eidetic memory: the update (bmojo.ops.eidetic), the table its `src` indexes, the scores."""
+
+    upd: EideticOut
+    table: EideticTable  # (B, M + stream, ...)
     scores: torch.Tensor  # (B, T) the scorer's (without the gate)
     aux_loss: torch.Tensor | None
     f_prev0: torch.Tensor
-    g_stream: torch.Tensor | None
-    table_g: torch.Tensor | None  # (B, M + stream) gate logits beside the table (gate_read="logit")
+    g_stream: torch.Tensor | None  # (B, stream) the gate logits of the raw stream
     scorer_state: LayerState | None = None  # the scorer's state after the call's last token
 
-    def attention_kw(self) -> dict:
-        src = self.ev.blocks.src
-        kw = dict(mem_k=gather_rows(self.table_k, src), mem_v=gather_rows(self.table_v, src),
-                  mem_pos=self.ev.blocks.pos)
-        if self.table_g is not None:
-            kw["mem_bias"] = F.logsigmoid(gather_logits(self.table_g, src))
-        return kw
+    def blocks(self) -> tuple:
+        """What each query block reads: keys, values (B, nb, M, Hk, Dh), positions (B, nb, M), gate logits or None."""
+        k, v, gate = self.table.take(self.upd.blocks.src)
+        return k, v, self.upd.blocks.pos, gate

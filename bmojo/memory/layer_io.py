@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 
 
-def admit(store, ev, keys, values, *, start: int, chunk: int, rotate=None) -> None:
-    """Send the pool entries that `ev`'s updates evicted to `store` (a LayerStore).  The call's first chunk starts
+def admit(store, upd, keys, values, *, start: int, chunk: int, rotate=None) -> None:
+    """Send the pool entries that `upd`'s updates evicted to `store` (a LayerStore).  The call's first chunk starts
     at position `start` (update u closes chunk start + u*chunk); src indexes keys/values (B, n, Hk, Dh).
     `rotate(keys (B, N, Hk, Dh), positions (B, N))`, when given, is applied to the keys before they are stored
     (memory_rope=edge stores them unrotated)."""
-    lost, when = ev.pool, ev.evicted_at  # (B, N): the update that evicted each pool entry, -1 if none
+    lost, when = upd.pool, upd.evicted_at  # (B, N): the update that evicted each pool entry, -1 if none
     keep = when >= 0
     chunk_start = start + when.clamp(min=0) * chunk
     if store.store.cfg.admit == "memory":  # only entries that were in the memory (older than the update's chunk)
@@ -80,9 +80,9 @@ def retrieve_step(store, q, i: int, *, window: int, chunk: int):
     return tuple(t[:, 0] for t in _search(store, q[:, None], torch.tensor([i]), readable, window))
 
 
-def entries_from_evictions(q, table_k, table_v, ev, *, memory_size: int, chunk: int, window: int, topk: int):
+def entries_from_evictions(q, table_k, table_v, upd, *, memory_size: int, chunk: int, window: int, topk: int):
     """Training (`train_store_topk`, a forward from position 0, no store attached): the store a fresh sequence
-    builds, i.e. the entries lost by each memory update (`ev`: bmojo.ops.eidetic.EideticOut), searched exactly as
+    builds, i.e. the entries lost by each memory update (`upd`: bmojo.ops.eidetic.EideticOut), searched exactly as
     `LayerIndex.search` does (query i of block b sees the losers of updates 0 .. b-1 at positions <= i - W; top-k
     per head by q.k), with gradients through the retrieved keys and values.  Equals attaching a fresh exact store
     (tested)."""
@@ -92,8 +92,8 @@ def entries_from_evictions(q, table_k, table_v, ev, *, memory_size: int, chunk: 
     G = H // Hk
     bi = torch.arange(B, device=q.device)[:, None]
     added = torch.full((B, n + 1), T, dtype=torch.long, device=q.device)  # the update that lost it (T: none)
-    lost = ev.evicted_at >= 0
-    added[bi, torch.where(lost, ev.pool.src, n)] = torch.where(lost, ev.evicted_at, T)  # others: scratch column
+    lost = upd.evicted_at >= 0
+    added[bi, torch.where(lost, upd.pool.src, n)] = torch.where(lost, upd.evicted_at, T)  # others: scratch column
     added = added[:, :n]
     pos = torch.arange(n, device=q.device) - M
     kt = table_k.detach().permute(0, 2, 3, 1)  # (B, Hk, Dh, n)

@@ -170,8 +170,8 @@ class BMojoLM(nn.Module):
         """Tell the layers how far training is (0 = start, 1 = end), for schedules such as the eidetic training
         pool's (`train_memory_anneal`); the training loop calls it before every step."""
         for block in self.layers:
-            if hasattr(block.mixer, "progress"):
-                block.mixer.progress = float(fraction)
+            if getattr(block.mixer, "selection", None) is not None:
+                block.mixer.selection.progress = float(fraction)
 
     # ---- accounting -------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

@@ -45,12 +45,13 @@ def available() -> bool:
     return _api() is not None
 
 
-def eligible(q, k, *, q_start=0, k_start=0, fk=None, f_start=0, v=None) -> bool:
-    """Whether the flex path computes this call: a whole sequence from position 0 on a CUDA device."""
-    T = q.shape[1]
-    whole = T > 0 and q_start == 0 and k_start == 0 and k.shape[1] == T and (fk is None or (f_start == 0 and
-                                                                                          fk.shape[1] == T))
-    dims = q.shape[-1] >= MIN_HEAD_DIM and (v is None or v.shape[-1] == q.shape[-1])
+def eligible(q, segs, *, q_start=0) -> bool:
+    """Whether the flex path computes this call (segs: bmojo.ops.attention.Segments): a whole sequence from position 0
+    on a CUDA device."""
+    T, raw, fading = q.shape[1], segs.raw, segs.fading
+    whole = T > 0 and q_start == 0 and raw.start == 0 and raw.k.shape[1] == T and \
+        (fading is None or (fading.start == 0 and fading.k.shape[1] == T))
+    dims = q.shape[-1] >= MIN_HEAD_DIM and raw.v.shape[-1] == q.shape[-1]
     return q.is_cuda and whole and dims and available()  # any length: the backend does not choose by length
 
 
@@ -74,30 +75,30 @@ def _band_mask(T: int, W: int, C: int, nm: int, M: int, fading: bool, mem_pos):
     return mask
 
 
-def window_attention_flex(q, k, v, window, *, chunk=None, fk=None, fv=None, mem_k=None, mem_v=None, mem_pos=None,
-                          scale=None, compiled=True):
-    """`window_attention` for q_start = k_start = f_start = 0 and keys covering exactly the T queries.
-    q (B, T, H, Dh); k, v, fk, fv (B, T, Hk, Dh); mem_k, mem_v (B, nb, M, Hk, Dh), mem_pos (B, nb, M).
-    compiled=False runs flex_attention eagerly (any device, slow): the form the CPU tests check."""
+def window_attention_flex(q, segs, window, *, chunk=None, scale=None, compiled=True):
+    """`window_attention` for q_start = 0 and raw and fading streams from position 0 covering exactly the T queries,
+    without biases or store entries.  q (B, T, H, Dh); segs.raw, segs.fading (B, T, Hk, Dh); segs.memory (B, nb, M,
+    ...).  compiled=False runs flex_attention eagerly (any device, slow): the form the CPU tests check."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     Bsz, T, H, Dh = q.shape
-    Hk = k.shape[2]
+    Hk = segs.raw.k.shape[2]
     W, C = window, (chunk or window)
-    keys, vals = [k], [v]
-    if fk is not None:
-        keys.insert(0, fk)
-        vals.insert(0, fv)
+    keys, vals = [segs.raw.k], [segs.raw.v]
+    if segs.fading is not None:
+        keys.insert(0, segs.fading.k)
+        vals.insert(0, segs.fading.v)
     nm = M = 0
     pos = None
-    if mem_k is not None:
-        nb, M = mem_k.shape[1], mem_k.shape[2]
+    if segs.memory is not None:
+        mem = segs.memory
+        nb, M = mem.k.shape[1], mem.k.shape[2]
         nm = nb * M
-        keys.insert(0, mem_k.reshape(Bsz, nm, Hk, Dh))
-        vals.insert(0, mem_v.reshape(Bsz, nm, Hk, -1))
-        pos = mem_pos.reshape(Bsz, nm)
+        keys.insert(0, mem.k.reshape(Bsz, nm, Hk, Dh))
+        vals.insert(0, mem.v.reshape(Bsz, nm, Hk, -1))
+        pos = mem.pos.reshape(Bsz, nm)
     kall, vall = (torch.cat(t, 1).transpose(1, 2) for t in (keys, vals))  # (B, Hk, S, Dh)
-    mask_mod = _band_mask(T, W, C, nm, M, fk is not None, pos)
+    mask_mod = _band_mask(T, W, C, nm, M, segs.fading is not None, pos)
     fn = _api()[0] if compiled else flex_attention
     block = create_block_mask(mask_mod, Bsz if nm else None, None, T, kall.shape[2], device=q.device)
     o = fn(q.transpose(1, 2), kall, vall, block_mask=block, scale=scale, enable_gqa=H != Hk)

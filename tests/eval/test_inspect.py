@@ -15,17 +15,16 @@ from bmojo.memory import Store
 from bmojo.ops.attention import window_attention, window_attention_shares
 from bmojo.train.checkpoint import save_checkpoint
 from tests.helpers import assert_close, seeded, tiny
-from tests.ops.test_attention import CASES, _inputs
+from tests.ops.test_attention import CASES, _inputs, _opts, _segs
 
 
 @pytest.mark.parametrize("T,W,C,q0,M", CASES)
 def test_shares_come_from_the_same_attention(T, W, C, q0, M):
     t, kw = _inputs(T, W, C, q0, M, seeded(T + 2 * W))
-    args = (t["q"], t["k"], t["v"], W)
-    extra = dict(fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw)
+    args = (t["q"], _segs(t, kw), W)
     with torch.no_grad():
-        o, shares = window_attention_shares(*args, **extra)
-        assert_close(o, window_attention(*args, **extra), name="output")
+        o, shares = window_attention_shares(*args, **_opts(kw))
+        assert_close(o, window_attention(*args, **_opts(kw)), name="output")
     total = sum(shares.values())
     assert_close(total, torch.ones_like(total), name="shares sum to 1")
 

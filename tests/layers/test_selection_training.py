@@ -17,7 +17,7 @@ def _gate_grad(mixer, x):
     def keep(_, __, out):
         out.retain_grad()
         held["g"] = out
-    h = mixer.gate.register_forward_hook(keep)
+    h = mixer.selection.gate.register_forward_hook(keep)
     y, _ = mixer(x, return_state=False)
     (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
     h.remove()
@@ -107,9 +107,9 @@ def test_gate_penalty_is_an_auxiliary_loss_of_training_only():
     m = BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none", gate_penalty=0.5), 0)
     x = torch.randn(2, T, 32, generator=seeded(4))
     out = m(x, return_state=False)
-    assert_close(out.aux_loss, 0.5 * torch.sigmoid(m.gate(x)[..., 0]).mean(), name="penalty")
+    assert_close(out.aux_loss, 0.5 * torch.sigmoid(m.selection.gate(x)[..., 0]).mean(), name="penalty")
     out.aux_loss.backward()
-    w = m.gate.weight.grad
+    w = m.selection.gate.weight.grad
     assert w is not None and w.abs().sum() > 0
     assert m.eval()(x, return_state=False).aux_loss is None
     m0 = BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none"), 0)
@@ -130,14 +130,14 @@ def test_training_pool_shrinks_with_progress():
     got = []
     for p in (0.0, 0.125, 0.25, 0.5, 0.9):
         model.set_progress(p)
-        got.append(mixer._capacity(None, False))
+        got.append(mixer.selection.capacity(None, False))
     assert got == [36, 28, 20, 4, 4]
-    assert mixer._capacity(None, True) == 4 and mixer.eval()._capacity(None, False) == 4
+    assert mixer.selection.capacity(None, True) == 4 and mixer.eval().selection.capacity(None, False) == 4
     mixer.train()
     _, gen = make_task("mqar", vocab_size=61, seq_len=24, num_kv_pairs=3)
     seen = []
-    orig = mixer._capacity
-    mixer._capacity = lambda *a: (seen.append(orig(*a)), seen[-1])[1]
+    orig = mixer.selection.capacity
+    mixer.selection.capacity = lambda *a: (seen.append(orig(*a)), seen[-1])[1]
     train(model, TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup=0, progress=False), batch_stream(gen, 2, 0))
     assert seen == [36, 20, 4, 4]
 
@@ -186,7 +186,7 @@ def test_the_gate_reads_its_token_alone_or_in_its_local_context(gate_input, sees
     m = randomise_extras(BMojoMixer(tiny("bmojo", selection_gate=True, gate_read="logit", selector="none",
                                          gate_input=gate_input), 0)).eval()
     gates = []
-    m.gate.register_forward_hook(lambda mod, inp, out: gates.append(out[..., 0]))
+    m.selection.gate.register_forward_hook(lambda mod, inp, out: gates.append(out[..., 0]))
     x = torch.randn(1, 12, m.d_model, generator=seeded(3))
     x2 = x.clone()
     x2[:, 6] += 1.0
@@ -196,3 +196,19 @@ def test_the_gate_reads_its_token_alone_or_in_its_local_context(gate_input, sees
     before, after = gates
     assert torch.equal(before[:, :6], after[:, :6])  # causal either way
     assert (before[:, 7] - after[:, 7]).abs().item() > 1e-4 if sees_context else torch.equal(before[:, 7:], after[:, 7:])
+
+
+def test_checkpoints_that_name_the_scorer_and_gate_on_the_mixer_still_load():
+    """Before the selection module, a mixer's state dict held `scorer.predictor.weight` (earlier still
+    `predictor.weight`) and `gate.weight`; such a state dict loads into the same weights."""
+    torch.manual_seed(0)
+    new = randomise_extras(BMojoMixer(tiny("bmojo", selection_gate=True), 0))
+    sd = new.state_dict()
+    for old_key in ("predictor.weight", "scorer.predictor.weight"):
+        old = {k.replace("selection.scorer.predictor.weight", old_key).replace("selection.gate.", "gate."): v
+               for k, v in sd.items()}
+        assert "selection.gate.weight" not in old and old_key in old
+        fresh = BMojoMixer(tiny("bmojo", selection_gate=True), 0)
+        fresh.load_state_dict(old)  # strict: every key found
+        for k, v in fresh.state_dict().items():
+            assert torch.equal(v, sd[k]), k

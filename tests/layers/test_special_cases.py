@@ -95,12 +95,12 @@ def test_predictor_never_changes_main_gradients():
     out = m(x, return_state=False)
     y, aux_loss = out[0], out.aux_loss
     assert aux_loss is not None and aux_loss.requires_grad
-    grads = torch.autograd.grad(y.sum(), [m.scorer.predictor.weight, x], allow_unused=True)
+    grads = torch.autograd.grad(y.sum(), [m.selection.scorer.predictor.weight, x], allow_unused=True)
     assert grads[0] is None, "the main output reached the predictor"
     aux_grads = torch.autograd.grad(aux_loss, [p for p in m.parameters()] + [x], allow_unused=True)
     names = [n for n, _ in m.named_parameters()] + ["x"]
     touched = [n for n, g in zip(names, aux_grads) if g is not None and g.abs().max() > 0]
-    assert touched == ["scorer.predictor.weight"], f"aux loss reached {touched}"
+    assert touched == ["selection.scorer.predictor.weight"], f"aux loss reached {touched}"
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5])

@@ -424,7 +424,7 @@ def test_retrieved_entries_join_the_one_softmax():
     """The blocked attention with per-query store entries equals the sequential reference, and its shares
     (store included) sum to 1."""
     from bmojo.ops.attention import window_attention_ref, window_attention_shares
-    from tests.ops.test_attention import _inputs
+    from tests.ops.test_attention import _inputs, _opts, _segs
 
     T, W, C, q0, M, K = 37, 8, 4, 5, 6, 3
     t, kw = _inputs(T, W, C, q0, M, seeded(4))
@@ -432,10 +432,9 @@ def test_retrieved_entries_join_the_one_softmax():
     g = seeded(5)
     extra = (torch.randn(B, T, H, K, Dh, generator=g), torch.randn(B, T, H, K, Dh, generator=g),
              torch.rand(B, T, H, K, generator=g) > 0.3)
-    args = (t["q"], t["k"], t["v"], W)
-    kw = dict(fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw)
-    o, shares = window_attention_shares(*args, **kw, extra=extra)
-    assert_close(o, window_attention_ref(*args, **kw, extra=extra), name="store-extended attention vs reference")
+    segs = _segs(t, kw, store=extra)
+    o, shares = window_attention_shares(t["q"], segs, W, **_opts(kw))
+    assert_close(o, window_attention_ref(t["q"], segs, W, **_opts(kw)), name="store-extended attention vs reference")
     total = sum(shares.values())
     assert_close(total, torch.ones_like(total), name="shares sum to 1")
     assert shares["store"].max() > 0.05
@@ -495,7 +494,7 @@ def test_store_entries_get_the_reference_gradients():
     retrieved keys and values all get the gradients of the sequential reference (`train_store_topk` trains the
     projections through exactly this)."""
     from bmojo.ops.attention import window_attention_ref, window_attention_shares
-    from tests.ops.test_attention import _inputs
+    from tests.ops.test_attention import _inputs, _opts, _segs
 
     T, W, C, q0, M, K = 29, 8, 4, 3, 6, 3
     t, kw = _inputs(T, W, C, q0, M, seeded(6))
@@ -509,8 +508,7 @@ def test_store_entries_get_the_reference_gradients():
     for name, fn in (("shares", lambda *a, **k: window_attention_shares(*a, **k)[0]), ("ref", window_attention_ref)):
         for x in leaves.values():
             x.grad = None
-        o = fn(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw,
-               extra=(ek, ev, evis))
+        o = fn(t["q"], _segs(t, kw, store=(ek, ev, evis)), W, **_opts(kw))
         (o * torch.linspace(-1, 1, o.shape[-1])).pow(2).sum().backward()
         grads[name] = {n: x.grad.clone() for n, x in leaves.items()}
     for n in leaves:

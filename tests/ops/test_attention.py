@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bmojo.bmojo_minimal import dense_attention
-from bmojo.ops.attention import (causal_attention, num_blocks, window_attention, window_attention_ref,
-                                 window_attention_shares)
+from bmojo.ops.attention import (BlockEntries, QueryEntries, Segments, Stream, causal_attention, num_blocks,
+                                 window_attention, window_attention_ref, window_attention_shares)
 from tests.helpers import assert_close, seeded
 
 CASES = [  # T, W, C, q_start, M
@@ -32,6 +32,22 @@ def _inputs(T, W, C, q0, M, g, H=4, Hk=2, Dh=8, B=2):
     return t, dict(chunk=C, q_start=q0, k_start=k0, f_start=f0, mem_pos=pos)
 
 
+def _segs(t, kw, *, fading=True, memory=True, store=None, mem_bias=None, fading_bias=None):
+    """The Segments of `_inputs`' tensors t (raw always; fading, memory and store entries as asked)."""
+    return Segments(Stream(t["k"], t["v"], kw["k_start"]),
+                    Stream(t["fk"], t["fv"], kw["f_start"], fading_bias) if fading else None,
+                    BlockEntries(t["mem_k"], t["mem_v"], kw["mem_pos"], mem_bias) if memory else None,
+                    QueryEntries(*store) if store is not None else None)
+
+
+def _opts(kw):
+    return dict(chunk=kw["chunk"], q_start=kw["q_start"])
+
+
+def _raw(k, v):
+    return Segments(Stream(k, v))
+
+
 @pytest.mark.parametrize("T,W,C,q0,M", CASES)
 def test_chunked_matches_reference(T, W, C, q0, M):
     t, kw = _inputs(T, W, C, q0, M, seeded(T + W))
@@ -39,7 +55,7 @@ def test_chunked_matches_reference(T, W, C, q0, M):
     for name, fn in (("ref", window_attention_ref), ("fast", window_attention)):
         for x in t.values():
             x.grad = None
-        y = fn(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"], **kw)
+        y = fn(t["q"], _segs(t, kw), W, **_opts(kw))
         y.pow(2).sum().backward()
         outs[name] = [y] + [x.grad if x.grad is not None else torch.zeros_like(x) for x in t.values()]
     for a, b, n in zip(outs["fast"], outs["ref"], ["y"] + [f"d{k}" for k in t]):
@@ -51,7 +67,7 @@ def test_window_only_matches_dense_band(T, W):
     """Sliding window alone: query i sees keys (i-W, i] -- fixed once and tested at W-1, W, W+1."""
     g = seeded(T)
     q, k, v = torch.randn(2, T, 4, 8, generator=g), torch.randn(2, T, 2, 8, generator=g), torch.randn(2, T, 2, 8, generator=g)
-    assert_close(window_attention(q, k, v, W, chunk=min(4, W)), dense_attention(q, k, v, W), name="swa")
+    assert_close(window_attention(q, _raw(k, v), W, chunk=min(4, W)), dense_attention(q, k, v, W), name="swa")
 
 
 def test_window_at_least_T_is_full_causal():
@@ -60,7 +76,7 @@ def test_window_at_least_T_is_full_causal():
     q, k, v = torch.randn(2, T, 4, 8, generator=g), torch.randn(2, T, 2, 8, generator=g), torch.randn(2, T, 2, 8, generator=g)
     full = causal_attention(q, k, v)
     for W in (T, T + 1, 3 * T):
-        assert_close(window_attention(q, k, v, W, chunk=4), full, name=f"W={W}")
+        assert_close(window_attention(q, _raw(k, v), W, chunk=4), full, name=f"W={W}")
 
 
 def test_window_sees_exactly_W_keys():
@@ -69,7 +85,7 @@ def test_window_sees_exactly_W_keys():
     q = torch.zeros(1, T, 1, 2)
     k = torch.zeros(1, T, 1, 2)
     v = torch.eye(T)[None, :, None, :].expand(1, T, 1, T)  # value j = e_j
-    w = window_attention(q, k, v, W, chunk=3)[0, :, 0]  # (T, T) attention weights (uniform scores)
+    w = window_attention(q, _raw(k, v), W, chunk=3)[0, :, 0]  # (T, T) attention weights (uniform scores)
     for i in range(T):
         seen = (w[i] > 0).nonzero().flatten().tolist()
         assert seen == list(range(max(0, i - W + 1), i + 1)), f"query {i} saw {seen}"
@@ -90,8 +106,7 @@ def test_store_entries_match_reference_with_gradients(T, W, C, q0, M, fn):
     for name, f in (("ref", window_attention_ref), ("fast", fn)):
         for x in t.values():
             x.grad = None
-        y = f(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"],
-              extra=(t["ek"], t["ev"], evis), **kw)
+        y = f(t["q"], _segs(t, kw, store=(t["ek"], t["ev"], evis)), W, **_opts(kw))
         y = y[0] if isinstance(y, tuple) else y
         y.pow(2).sum().backward()
         outs[name] = [y] + [x.grad if x.grad is not None else torch.zeros_like(x) for x in t.values()]
@@ -112,17 +127,18 @@ def test_logit_biases_match_reference_with_gradients(T, W, C, q0, M, extra):
     t["mem_bias"] = torch.randn(*kw["mem_pos"].shape, generator=g).requires_grad_()
     t["fading_bias"] = torch.tensor(-0.7, requires_grad=True)
     t = {k: x.detach().double().requires_grad_() for k, x in t.items()}  # float64: one scalar sums many terms
+    store = None
     if extra:
         K = 2
-        kw["extra"] = (torch.randn(2, T, 4, K, 8, generator=g).double(),
-                       torch.randn(2, T, 4, K, 8, generator=g).double(), torch.rand(2, T, 4, K, generator=g) > 0.3)
+        store = (torch.randn(2, T, 4, K, 8, generator=g).double(),
+                 torch.randn(2, T, 4, K, 8, generator=g).double(), torch.rand(2, T, 4, K, generator=g) > 0.3)
     outs = {}
     for name, fn in (("ref", window_attention_ref), ("fast", window_attention),
                      ("shares", lambda *a, **k: window_attention_shares(*a, **k)[0])):
         for x in t.values():
             x.grad = None
-        y = fn(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"],
-               mem_bias=t["mem_bias"], fading_bias=t["fading_bias"], **kw)
+        y = fn(t["q"], _segs(t, kw, store=store, mem_bias=t["mem_bias"], fading_bias=t["fading_bias"]), W,
+               **_opts(kw))
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         outs[name] = [y] + [x.grad if x.grad is not None else torch.zeros_like(x) for x in t.values()]
     assert outs["ref"][-1].abs() > 0 and outs["ref"][-2].abs().sum() > 0, "both biases get a gradient"
@@ -130,6 +146,40 @@ def test_logit_biases_match_reference_with_gradients(T, W, C, q0, M, extra):
         for a, b, n in zip(outs[other], outs["ref"], ["y"] + [f"d{k}" for k in t]):
             assert_close(a, b, name=f"{other} {n}")
     # and the biases matter: without them the output differs
-    y0 = window_attention_ref(t["q"], t["k"], t["v"], W, fk=t["fk"], fv=t["fv"], mem_k=t["mem_k"], mem_v=t["mem_v"],
-                              **kw)
+    y0 = window_attention_ref(t["q"], _segs(t, kw, store=store), W, **_opts(kw))
     assert not torch.allclose(y0, outs["ref"][0])
+
+
+def _ring(stream, start, end, span, g):
+    """A decode ring of `span` slots written up to position end-1 from a stream that starts at `start`; slots never
+    written hold noise (the op must hide them)."""
+    ring = torch.randn(stream.shape[0], span, *stream.shape[2:], generator=g, dtype=stream.dtype)
+    for p in range(max(0, end - span), end):
+        ring[:, p % span] = stream[:, p - start]
+    return ring
+
+
+@pytest.mark.parametrize("T,W,C,q0,M", CASES)
+def test_decode_step_matches_reference(T, W, C, q0, M):
+    """window_attention_step, the decode op (one query, the raw and fading segments as ring buffers, the block's
+    memory, the query's store entries, both logit biases) equals the reference's output for every query."""
+    from bmojo.ops.attention import Ring, window_attention_step
+    g = seeded(5 * T + W)
+    t, kw = _inputs(T, W, C, q0, M, g)
+    t = {k: x.detach() for k, x in t.items()}
+    K, (B, _, H, Dh) = 2, t["q"].shape
+    store = (torch.randn(B, T, H, K, Dh, generator=g), torch.randn(B, T, H, K, Dh, generator=g),
+             torch.rand(B, T, H, K, generator=g) < 0.6)
+    mem_bias, fading_bias = torch.randn(*kw["mem_pos"].shape, generator=g), torch.tensor(-0.4)
+    full = _segs(t, kw, store=store, mem_bias=mem_bias, fading_bias=fading_bias)
+    ref = window_attention_ref(t["q"], full, W, **_opts(kw))
+    for j in range(T):
+        i, b = q0 + j, (q0 + j) // C - q0 // C
+        segs = Segments(Ring(_ring(t["k"], kw["k_start"], i + 1, W, g), _ring(t["v"], kw["k_start"], i + 1, W, g)),
+                        Ring(_ring(t["fk"], kw["f_start"], i + 1, 2 * W, g),
+                             _ring(t["fv"], kw["f_start"], i + 1, 2 * W, g), fading_bias),
+                        BlockEntries(t["mem_k"][:, b:b + 1], t["mem_v"][:, b:b + 1], kw["mem_pos"][:, b:b + 1],
+                                     mem_bias[:, b:b + 1]),
+                        QueryEntries(*(x[:, j:j + 1] for x in store)))
+        got = window_attention_step(t["q"][:, j:j + 1], segs, W, chunk=C, q_start=i)
+        assert_close(got, ref[:, j:j + 1], name=f"query {i}")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bmojo.ops import flex
-from bmojo.ops.attention import window_attention, window_attention_fused, window_attention_ref
+from bmojo.ops.attention import Segments, Stream, window_attention, window_attention_fused, window_attention_ref
 from tests.helpers import assert_close, seeded
-from tests.ops.test_attention import _inputs
+from tests.ops.test_attention import _inputs, _segs
 
 pytestmark = [pytest.mark.skipif(not flex.available(), reason="this torch has no flex_attention"),
               pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]
@@ -19,32 +19,26 @@ CASES = [  # T, W, C, M, parts: which key sets take part
 ]
 
 
-def _parts(t, parts):
-    kw = {}
-    if parts in ("all", "fading"):
-        kw.update(fk=t["fk"], fv=t["fv"])
-    if parts in ("all", "mem"):
-        kw.update(mem_k=t["mem_k"], mem_v=t["mem_v"])
-    return kw
+def _parts(t, kw, parts):
+    return _segs(t, kw, fading=parts in ("all", "fading"), memory=parts in ("all", "mem"))
 
 
 @pytest.mark.parametrize("T,W,C,M,parts", CASES)
 def test_flex_mask_matches_reference(T, W, C, M, parts):
     t, kw = _inputs(T, W, C, 0, M, seeded(T * W + M))
     t = {k: x.detach() for k, x in t.items()}  # flex_attention has no backward on the CPU
-    kw_mem = {"mem_pos": kw["mem_pos"]} if parts in ("all", "mem") else {}
     with torch.no_grad():
-        ref = window_attention_ref(t["q"], t["k"], t["v"], W, chunk=C, **_parts(t, parts), **kw_mem)
-        got = flex.window_attention_flex(t["q"], t["k"], t["v"], W, chunk=C, compiled=False, **_parts(t, parts),
-                                         **kw_mem)
+        ref = window_attention_ref(t["q"], _parts(t, kw, parts), W, chunk=C)
+        got = flex.window_attention_flex(t["q"], _parts(t, kw, parts), W, chunk=C, compiled=False)
     assert_close(got, ref, name=f"flex {parts}")
 
 
 def test_fused_dispatch_keeps_cpu_and_continuations_on_the_chunked_path(monkeypatch):
     t, kw = _inputs(200, 16, 8, 0, 4, seeded(3))
-    assert not flex.eligible(t["q"], t["k"])  # CPU tensors
-    assert not flex.eligible(t["q"], t["k"], q_start=8)  # a continuation
-    args = (t["q"], t["k"], t["v"], 16)
+    raw = Segments(Stream(t["k"], t["v"]))
+    assert not flex.eligible(t["q"], raw)  # CPU tensors
+    assert not flex.eligible(t["q"], raw, q_start=8)  # a continuation
+    args = (t["q"], raw, 16)
 
     def flex_must_not_run(*a, **k):
         raise AssertionError("flex_attention called on a CPU tensor")
@@ -58,10 +52,10 @@ def test_fused_dispatch_keeps_cpu_and_continuations_on_the_chunked_path(monkeypa
     monkeypatch.setattr(flex, "window_attention_flex", lambda *a, **k: sentinel)
     with torch.no_grad():
         assert window_attention_fused(*args, chunk=8) is sentinel
-        biased = window_attention_fused(*args, chunk=8, fading_bias=torch.tensor(0.5), fk=t["fk"], fv=t["fv"])
+        segs = Segments(Stream(t["k"], t["v"]), Stream(t["fk"], t["fv"], 0, torch.tensor(0.5)))
+        biased = window_attention_fused(t["q"], segs, 16, chunk=8)
         assert not torch.equal(biased, sentinel)
-        assert torch.equal(biased, window_attention(*args, chunk=8, fading_bias=torch.tensor(0.5), fk=t["fk"],
-                                                    fv=t["fv"]))
+        assert torch.equal(biased, window_attention(t["q"], segs, 16, chunk=8))
 
 
 @pytest.mark.gpu
@@ -71,14 +65,14 @@ def test_flex_on_cuda_matches_chunked_forward_and_backward(T):
     W, C, M = 32, 16, 8
     t, kw = _inputs(T, W, C, 0, M, seeded(T), H=4, Hk=2, Dh=16)
     gpu = {k: x.detach().cuda().requires_grad_() for k, x in t.items()}
-    pos = kw["mem_pos"].cuda()
-    assert flex.eligible(gpu["q"], gpu["k"], fk=gpu["fk"], v=gpu["v"])
+    kw["mem_pos"] = kw["mem_pos"].cuda()
+    segs = _segs(gpu, kw)
+    assert flex.eligible(gpu["q"], segs)
     outs = {}
     for name, fn in (("chunked", window_attention), ("flex", window_attention_fused)):
         for x in gpu.values():
             x.grad = None
-        y = fn(gpu["q"], gpu["k"], gpu["v"], W, chunk=C, fk=gpu["fk"], fv=gpu["fv"], mem_k=gpu["mem_k"],
-               mem_v=gpu["mem_v"], mem_pos=pos)
+        y = fn(gpu["q"], segs, W, chunk=C)
         y.pow(2).sum().backward()
         outs[name] = [y] + [x.grad for x in gpu.values()]
     for a, b, n in zip(outs["flex"], outs["chunked"], ["y"] + [f"d{k}" for k in gpu]):

@@ -13,7 +13,7 @@ from bmojo.ops.eidetic import Entries, eidetic_memory
 from bmojo.ops.ssd import ssd_chunked, ssd_ref
 from bmojo.bmojo_minimal import prefix_topk_memory
 from tests.helpers import assert_close, randomise_extras, seeded, tiny
-from tests.ops.test_attention import _inputs
+from tests.ops.test_attention import _inputs, _opts, _segs
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
 
@@ -30,12 +30,10 @@ def windows(draw):
 @given(windows())
 def test_window_attention_fast_equals_reference(p):
     t, kw = _inputs(p["T"], p["W"], p["C"], p["q0"], p["M"], seeded(p["seed"]), H=p["Hk"] * p["G"], Hk=p["Hk"])
-    mem = dict(mem_k=t["mem_k"], mem_v=t["mem_v"]) if p["M"] else {}
-    if not p["M"]:
-        kw.pop("mem_pos")
+    segs = _segs(t, kw, memory=p["M"] > 0)
     with torch.no_grad():
-        a = window_attention(t["q"], t["k"], t["v"], p["W"], fk=t["fk"], fv=t["fv"], **mem, **kw)
-        b = window_attention_ref(t["q"], t["k"], t["v"], p["W"], fk=t["fk"], fv=t["fv"], **mem, **kw)
+        a = window_attention(t["q"], segs, p["W"], **_opts(kw))
+        b = window_attention_ref(t["q"], segs, p["W"], **_opts(kw))
     assert torch.isfinite(a).all()
     assert_close(a, b, name=f"window attention {p}")
 
