@@ -23,6 +23,12 @@ MEMORY_ROPES = ("own", "edge")
 IMPLS = ("ref", "fast", "fused", "auto")
 
 
+# Fields removed from ModelConfig -> the value every model behaved as (older configs and checkpoints still load):
+# aux_loss_weight scaled the innovation predictor's loss, whose gradient reaches the predictor alone, so under AdamW it
+# changed nothing but the global gradient norm that clipping sees.
+RETIRED_FIELDS = {"aux_loss_weight": 1.0}
+
+
 class ConfigError(ValueError):
     """A config field holds a value that is not allowed; the message names the field."""
 
@@ -123,7 +129,6 @@ class ModelConfig:
     attn_conv: bool = _f(True, "short causal depthwise conv on the attention input (A, S, F, B layers)")
     attn_conv_size: int = _f(4, "kernel size of attn_conv")
     ssm_residual: bool = _f(False, "add the SSM output f to the F/B mixer output (y = Wo o + f)")
-    aux_loss_weight: float = _f(1.0, "weight of the innovation predictor's auxiliary loss")
     ssm_kind: str = _f("mamba2", f"selective SSM kind, one of {SSM_KINDS}")
     d_state: int = _f(16, "SSM state size N")
     d_conv: int = _f(4, "SSM conv width K")
@@ -258,7 +263,6 @@ class ModelConfig:
         need(self.dt_rank is None or self.dt_rank > 0, "dt_rank", "must be None or a positive integer")
         need(self.d_ff is None or self.d_ff > 0, "d_ff", "must be None or a positive integer")
         need(self.impl in IMPLS, "impl", f"allowed: {IMPLS}")
-        need(self.aux_loss_weight >= 0, "aux_loss_weight", "must be >= 0")
         need(isinstance(self.rope_fraction, (int, float)) and 0 <= self.rope_fraction <= 1, "rope_fraction",
              "must be in [0, 1]")
 
@@ -271,6 +275,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """A config from its dict; a field that bmojo no longer has loads only at the one value it behaved as."""
+        d = dict(d) if isinstance(d, dict) else d
+        for name, value in RETIRED_FIELDS.items():
+            if isinstance(d, dict) and name in d:
+                if d[name] != value:
+                    raise ConfigError(f"ModelConfig.{name}={d[name]!r}: this field was removed; a config that sets it "
+                                      f"loads only with its old default {value!r}")
+                del d[name]
         return cls(**checked_kwargs(cls, d))
 
     def to_json(self) -> str:
@@ -282,7 +294,7 @@ class ModelConfig:
 
     def fingerprint(self) -> str:
         """Identifies the architecture (everything but the op backend), e.g. to match decode states."""
-        d = self.to_dict()
+        d = {**self.to_dict(), **RETIRED_FIELDS}  # (a retired field at its old value: fingerprints stay as they were)
         d.pop("impl")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -31,7 +31,7 @@ class ModelState:
 class LMOutput:
     logits: torch.Tensor  # (B, T, V), or (n, V) at the positions selected by `logits_at`
     state: ModelState | None = None
-    aux_loss: torch.Tensor | None = None  # innovation predictor loss (already weighted); not in the LM loss
+    aux_loss: torch.Tensor | None = None  # the layers' auxiliary losses (innovation predictor, gate penalty); not in the LM loss
     records: list | None = None  # with record=True: per layer, what a B'MOJO layer did (bmojo.eval.inspect), else None
 
 
@@ -133,7 +133,7 @@ class BMojoLM(nn.Module):
         if return_state:
             new_state = ModelState(states, (state.pos if state is not None else 0) + ids.shape[1],
                                    self.fingerprint)
-        aux_loss = self.cfg.aux_loss_weight * torch.stack(aux).sum() if aux else None
+        aux_loss = torch.stack(aux).sum() if aux else None
         return LMOutput(logits, new_state, aux_loss, records if record else None)
 
     # ---- recurrent mode ---------------------------------------------------------------------------------

@@ -116,3 +116,18 @@ def test_mamba2_fields_are_checked_only_where_mamba2_heads_exist():
         ModelConfig(pattern="B", ssm_kind="mamba2", d_model=40, ssm_head_dim=32)
     with pytest.raises(ConfigError, match="n_groups"):
         ModelConfig(pattern="M", ssm_kind="mamba2", d_model=64, ssm_head_dim=32, n_groups=3)
+
+
+def test_a_retired_field_loads_only_at_its_old_value_and_keeps_the_fingerprint():
+    """`aux_loss_weight` is gone: a config or checkpoint written with it at 1.0 (what every model behaved as) loads,
+    with the fingerprint it had (decode states and stores made with it still match); any other value is an error
+    that names the field."""
+    cfg = preset("bmojo")
+    old = {**cfg.to_dict(), "aux_loss_weight": 1.0}
+    loaded = ModelConfig.from_json(json.dumps(old))
+    assert loaded == cfg and not hasattr(loaded, "aux_loss_weight")
+    import hashlib
+    old.pop("impl")
+    assert cfg.fingerprint() == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    with pytest.raises(ConfigError, match="aux_loss_weight=0.5"):
+        ModelConfig.from_dict({**cfg.to_dict(), "aux_loss_weight": 0.5})
