@@ -123,8 +123,8 @@ class Attention(nn.Module):
         if self.window is None and end > span:
             raise ValueError(f"{type(self).__name__}: {end} tokens exceed the decode cache capacity {span} "
                              "(ModelConfig.max_seq_len); call with return_state=False or raise max_seq_len")
-        return AttentionState(ring_from_stream(ks, start, end, span), ring_from_stream(vs, start, end, span),
-                              conv_state, end)
+        return AttentionState(k=ring_from_stream(ks, start, end, span), v=ring_from_stream(vs, start, end, span),
+                              conv=conv_state, pos=end)
 
     def _step_raw(self, a_t, state, cos, sin):
         """Write the token's k/v into the buffer; return q and the raw key set (keys, values)."""
@@ -180,5 +180,5 @@ class Attention(nn.Module):
         conv = None
         if self.attn_conv is not None:
             conv = torch.zeros(batch, self.d_model, self.attn_conv.kernel_size[0] - 1, device=device, dtype=dtype)
-        return AttentionState(torch.zeros(kv, device=device, dtype=dtype), torch.zeros(kv, device=device, dtype=dtype),
-                              conv, 0)
+        return AttentionState(k=torch.zeros(kv, device=device, dtype=dtype),
+                              v=torch.zeros(kv, device=device, dtype=dtype), conv=conv, pos=0)

@@ -131,3 +131,17 @@ def test_a_retired_field_loads_only_at_its_old_value_and_keeps_the_fingerprint()
     assert cfg.fingerprint() == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     with pytest.raises(ConfigError, match="aux_loss_weight=0.5"):
         ModelConfig.from_dict({**cfg.to_dict(), "aux_loss_weight": 0.5})
+
+
+def test_every_option_is_in_the_docs_option_table():
+    """docs/model.md's option table names every ModelConfig field (where it acts, and what uses it or why it stays),
+    and no field that does not exist."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[2].joinpath("docs", "model.md").read_text()
+    table = text.split("### Every option")[1].split("\n\n| option |")[1].split("\n\n")[0]
+    named = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert named == fields, f"missing from the table: {sorted(fields - named)}; not fields: {sorted(named - fields)}"
