@@ -118,8 +118,10 @@ class BMojoMixer(Attention):
         if memory is not None:
             k, v, pos, gate = memory
             if self.memory_rope == "edge":
-                edge = t0 - t0 % self.chunk - self.window + self.chunk * torch.arange(k.shape[1], device=q.device)
-                k = self._at_edge(k, pos, edge[None, :, None])
+                edge = t0 - t0 % self.chunk - self.window  # block 0's; block b's is C*b further on
+                if k.shape[1] > 1:
+                    edge = edge + self.chunk * torch.arange(k.shape[1], device=q.device)[None, :, None]
+                k = self._at_edge(k, pos, edge)
             entries = BlockEntries(k, v, pos, logit_bias(gate))
         return Segments(raw, fading, entries, QueryEntries(*store) if store is not None else None)
 

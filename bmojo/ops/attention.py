@@ -194,7 +194,8 @@ def window_attention_step(q, segs: Segments, window, *, chunk=None, q_start=0, s
         span = ring.k.shape[1]
         keys.append(ring.k); vals.append(ring.v)
         vis.append(_ring_visible(i, span, lo, q.device).expand(B, -1))
-        bias.append(q.new_zeros(B, span) + (ring.bias if ring.bias is not None else 0.0))
+        if segs.biased:
+            bias.append(q.new_zeros(B, span) + (ring.bias if ring.bias is not None else 0.0))
     b_all = torch.cat(bias, 1) if segs.biased else None
     o = attend(q[:, 0], torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(vis, 1), _scale(q, scale),
                _query_store(segs.store, 0), b_all)
