@@ -97,7 +97,7 @@ class BMojoMixer(Attention):
         raw, fading = Stream(*self._raw_stream(k, v, state, t0)), self._fading_stream(f, cos, sin, state, t0)
         # 2. eidetic memory: priorities -> the memory update -> what each query block reads; the store's top-k
         mem = self._eidetic(x, a, f, raw, state, t0, return_state) if self.memory_size > 0 else None
-        store = self._store_entries(q, state, t0, mem)  # (before the blocks: autograd sums into the table alike)
+        store = self._store_entries(q, state, t0, mem)  # (before the blocks: a fixed order of gradient sums)
         segs = self._segments(q, raw, fading, mem.blocks() if mem else None, store, t0)
         # 3. one softmax over [store | eidetic | fading | raw window]
         o = self.backend.window_attention(q, segs, self.window, chunk=self.chunk, q_start=t0, scale=self.scale)

@@ -183,3 +183,15 @@ def test_decode_step_matches_reference(T, W, C, q0, M):
                         QueryEntries(*(x[:, j:j + 1] for x in store)))
         got = window_attention_step(t["q"][:, j:j + 1], segs, W, chunk=C, q_start=i)
         assert_close(got, ref[:, j:j + 1], name=f"query {i}")
+
+
+def test_every_attention_op_has_one_signature():
+    """The reference, the chunked path, the shares path, the fused dispatch and the decode op take the same arguments,
+    so a backend swaps one for another and a reader learns one signature."""
+    import inspect
+
+    from bmojo.ops.attention import window_attention_fused, window_attention_step
+    sigs = {fn.__name__: str(inspect.signature(fn)) for fn in (window_attention_ref, window_attention,
+                                                               window_attention_shares, window_attention_fused,
+                                                               window_attention_step)}
+    assert len(set(sigs.values())) == 1, sigs
